@@ -1,0 +1,40 @@
+//! `xray-daemon`: a Kubernetes-native, drop-in replacement for the AWS X-Ray daemon.
+//!
+//! # Layout
+//! Modules follow the data flow, from the command line to X-Ray:
+//! - [`cli`]: the Go `flag`-compatible command line (`-n us-east-1`, `-region=x`, ...).
+//! - [`config`]: defaults < cfg.yaml < `XRAY_*` environment < flags, validated into a
+//!   [`config::Config`]; the Go daemon's cfg.yaml checks and messages.
+//! - [`logging`]: the Go daemon's log line format, levels and file rotation.
+//! - [`segment`]: the wire format: header/document split and header acceptance (pure).
+//! - [`budget`]: the one memory budget every held segment is charged to.
+//! - [`ingest`]: admission of received bytes into segments, and the UDP listener.
+//! - [`batch`]: when a batch is ready (pure, time passed in).
+//! - [`upload`]: batches to X-Ray (`PutTraceSegments`) or the local sink, with retries.
+//! - [`aws`]: region resolution and the SDK configuration.
+//! - [`metrics`]: every Prometheus metric (names are API).
+//! - [`app`]: the daemon assembled: start (bind everything), run, ordered shutdown.
+//! - [`signals`], [`healthcheck`]: process signals; the `xray healthcheck` probe.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod aws;
+pub mod batch;
+pub mod budget;
+pub mod cli;
+pub mod config;
+pub mod healthcheck;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod segment;
+pub mod signals;
+pub mod upload;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit this build was made from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("XRAY_GIT_COMMIT");

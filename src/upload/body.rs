@@ -1,0 +1,109 @@
+//! The `PutTraceSegments` request body, written straight from the received document bytes:
+//! `{"TraceSegmentDocuments":["<doc>",...]}` with each document JSON-string escaped.
+//!
+//! Documents are never parsed. Escaping follows the Go daemon's JSON encoder where it changes
+//! content: each byte that is not part of valid UTF-8 becomes U+FFFD, one per byte.
+
+const PREFIX: &[u8] = br#"{"TraceSegmentDocuments":["#;
+const SUFFIX: &[u8] = b"]}";
+
+/// Builds the request body for `documents`.
+pub fn put_trace_segments_body<'a>(documents: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    // Escaping rarely grows a document by more than its quotes; reserve for the common case.
+    let estimate: usize = documents.clone().map(|d| d.len() + d.len() / 8 + 3).sum();
+    let mut body = Vec::with_capacity(PREFIX.len() + estimate + SUFFIX.len());
+    body.extend_from_slice(PREFIX);
+    for (index, document) in documents.enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.push(b'"');
+        escape_json_string_into(&mut body, document);
+        body.push(b'"');
+    }
+    body.extend_from_slice(SUFFIX);
+    body
+}
+
+/// Appends `bytes` escaped as the inside of a JSON string.
+pub fn escape_json_string_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for chunk in bytes.utf8_chunks() {
+        escape_valid_utf8(out, chunk.valid().as_bytes());
+        for _ in chunk.invalid() {
+            out.extend_from_slice(br"\ufffd");
+        }
+    }
+}
+
+fn escape_valid_utf8(out: &mut Vec<u8>, text: &[u8]) {
+    let mut run_start = 0;
+    for (i, &byte) in text.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => br#"\""#,
+            b'\\' => br"\\",
+            b'\n' => br"\n",
+            b'\r' => br"\r",
+            b'\t' => br"\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&text[run_start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(br"\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        run_start = i + 1;
+    }
+    out.extend_from_slice(&text[run_start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(body: &[u8]) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_slice(body).expect("valid JSON");
+        value["TraceSegmentDocuments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn documents_round_trip_through_a_json_decoder() {
+        let docs: [&[u8]; 4] = [
+            br#"{"id":"a","name":"svc \"x\" \\ y"}"#,
+            b"{\"multi\":\n\"line\"}\r\t",
+            "{\"unicode\":\"h\u{e9}llo \u{1F600}\"}".as_bytes(),
+            b"\x00\x1f\x7f",
+        ];
+        let body = put_trace_segments_body(docs.iter().copied());
+        let expected: Vec<String> = docs.iter().map(|d| String::from_utf8(d.to_vec()).unwrap()).collect();
+        assert_eq!(decoded(&body), expected);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_one_replacement_character_per_byte() {
+        // A lone continuation byte, a truncated 3-byte sequence, an encoded surrogate.
+        let body = put_trace_segments_body([&b"a\x80b\xe2\x82c\xed\xa0\x80"[..]].into_iter());
+        assert_eq!(decoded(&body), vec!["a\u{fffd}b\u{fffd}\u{fffd}c\u{fffd}\u{fffd}\u{fffd}"]);
+    }
+
+    #[test]
+    fn the_body_has_the_put_trace_segments_shape() {
+        assert_eq!(put_trace_segments_body(std::iter::empty()), br#"{"TraceSegmentDocuments":[]}"#);
+        assert_eq!(
+            put_trace_segments_body([&b"{}"[..], b"x"].into_iter()),
+            br#"{"TraceSegmentDocuments":["{}","x"]}"#
+        );
+        let mut out = Vec::new();
+        escape_json_string_into(&mut out, b"\x01");
+        assert_eq!(out, br"\u0001");
+    }
+}
