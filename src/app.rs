@@ -67,7 +67,7 @@ impl Daemon {
     /// Sizes the budget, builds the sink and binds the UDP socket, logging the Go daemon's
     /// startup lines in its order.
     pub async fn start(config: Config, registry: Registry) -> Result<Daemon, StartError> {
-        tracing::info!("Initializing AWS X-Ray daemon {}", crate::VERSION);
+        tracing::info!("Initializing AWS X-Ray daemon {} (commit {})", crate::VERSION, crate::GIT_COMMIT);
         let budget_mb = match config.total_buffer_size_mb {
             0 => budget::detect_auto_budget_mb(),
             mb => mb,

@@ -343,7 +343,7 @@ pub fn usage() -> String {
     );
     out.push_str("\nCommands:\n");
     out.push_str(&format!(
-        "\t{HEALTHCHECK} [--url URL]\tExit 0 if URL (default {DEFAULT_HEALTHCHECK_URL}) answers 200, else 1.\n"
+        "\t{HEALTHCHECK} [--url URL]\tExit 0 if URL (default {DEFAULT_HEALTHCHECK_URL}) reports ready, else 1.\n"
     ));
     out
 }

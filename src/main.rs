@@ -1,1 +1,115 @@
-fn main() {}
+//! The `xray` binary: command line, configuration, logging, then the daemon until a signal;
+//! every failure becomes the Go daemon's exit code (2 bad flags, 1 bad config/bind/region).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use xray_daemon::app::Daemon;
+use xray_daemon::cli::{self, Command, Flags};
+use xray_daemon::config::{self, Loaded, OptionId};
+use xray_daemon::{healthcheck, logging, signals};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("{error}");
+            print!("{}", cli::usage());
+            return exit_code(error.exit_code());
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::usage());
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { url } => probe(&url),
+        // Like the Go daemon, the configuration is validated before `-v` is honoured.
+        Command::Version(flags) => match load_config(&flags) {
+            Ok(_) => {
+                println!("{}", cli::version_line(&version()));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run(flags) => match load_config(&flags) {
+            Ok(loaded) => match run(loaded) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(code) => code,
+        },
+    }
+}
+
+fn version() -> String {
+    format!("{} (commit {})", xray_daemon::VERSION, xray_daemon::GIT_COMMIT)
+}
+
+/// Loads the configuration; on failure prints the Go daemon's `[Error]` line to stderr and
+/// to the `-f` log file, and returns exit code 1.
+fn load_config(flags: &Flags) -> Result<Loaded, ExitCode> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    config::load(flags, &env, &config::default_search_path()).map_err(|error| {
+        let line = logging::format_line(SystemTime::now(), "Error", &error.to_string());
+        eprint!("{line}");
+        if let Some(log_file) = flags.get(OptionId::LogPath).filter(|f| !f.value.is_empty()) {
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_file.value)
+                .and_then(|mut file| file.write_all(line.as_bytes()));
+        }
+        exit_code(error.exit_code())
+    })
+}
+
+fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let config = loaded.config;
+    let (_log_handle, level_warning) =
+        logging::init(&config.log_level, config.log_path.clone(), config.log_rotation)
+            .context("Unable to set up logging")?;
+    for warning in level_warning.iter().chain(&loaded.warnings) {
+        tracing::warn!("{warning}");
+    }
+    if let Some(file) = &loaded.file {
+        tracing::debug!("Using config file {}", file.display());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("Unable to start the runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::start(config, prometheus::Registry::new()).await?;
+        daemon
+            .run(async {
+                let signal = signals::shutdown_requested().await;
+                tracing::info!("Got shutdown signal: {signal}");
+            })
+            .await;
+        tracing::debug!("Shutdown finished");
+        Ok(())
+    })
+}
+
+fn probe(url: &str) -> ExitCode {
+    match healthcheck::probe(url, Duration::from_secs(3)) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}: HTTP {status}");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("{url}: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -11,7 +11,7 @@
 //! auto-sizing even when the file says 64, as in Go). Booleans have no zero: an explicit `false`
 //! is always kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::net::Ipv6Addr;
@@ -147,22 +147,16 @@ pub fn load(
     env: &HashMap<String, String>,
     search_path: &[PathBuf],
 ) -> Result<Loaded, ConfigError> {
-    let (file, file_values) = match explicit_file(flags, env) {
-        Some(path) => {
-            let values = file::read(&path, Validation::Explicit)?;
-            (Some(path), Some(values))
-        }
+    let file = match explicit_file(flags, env) {
+        Some(path) => Some((file::read(&path, Validation::Explicit)?, path)),
         None => match discover(search_path) {
-            Some(path) => {
-                let values = file::read(&path, Validation::Discovered)?;
-                (Some(path), Some(values))
-            }
-            None => (None, None),
+            Some(path) => Some((file::read(&path, Validation::Discovered)?, path)),
+            None => None,
         },
     };
     let mut warnings = Vec::new();
     let mut figment = Figment::new().merge(Layer::defaults());
-    if let (Some(path), Some(values)) = (&file, &file_values) {
+    if let Some((values, path)) = &file {
         for key in &values.ignored_keys {
             warnings.push(format!("Ignoring unknown key {key} in {}", path.display()));
         }
@@ -181,7 +175,7 @@ pub fn load(
     Ok(Loaded {
         config,
         sources,
-        file,
+        file: file.map(|(_, path)| path),
         warnings,
     })
 }
@@ -231,7 +225,7 @@ impl Layer {
         }
     }
 
-    fn file(path: &Path, values: &std::collections::BTreeMap<OptionId, Value>) -> Self {
+    fn file(path: &Path, values: &BTreeMap<OptionId, Value>) -> Self {
         let mut dict = Dict::new();
         for (id, value) in values {
             let spec = options::spec(*id);
@@ -445,16 +439,21 @@ fn validate(
         n => n.unsigned_abs(),
     };
 
-    let default_concurrency = options::default_value(options::spec(Concurrency));
     let concurrency = match m.int(Concurrency) {
         n if n < 0 => {
+            let default = match options::default_value(options::spec(Concurrency)) {
+                Value::Int(d) => d,
+                _ => 8,
+            };
             warnings.push(format!(
-                "Concurrency is negative ({n}), which makes the Go daemon upload nothing: using {default_concurrency}"
+                "Concurrency is negative ({n}), which makes the Go daemon upload nothing: using {default}"
             ));
-            8
+            default
         }
-        n => usize::try_from(n).map_err(|_| m.invalid(Concurrency, n, "too large"))?,
+        n => n,
     };
+    let concurrency = usize::try_from(concurrency)
+        .map_err(|_| m.invalid(Concurrency, concurrency, "too large"))?;
 
     let endpoint = m.optional(Endpoint);
     if let Some(url) = &endpoint {

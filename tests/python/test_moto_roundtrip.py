@@ -104,7 +104,10 @@ def test_many_segments_all_arrive(daemon, moto_server, xray_client):
     for doc in docs:
         d.send(harness.datagram(doc))
 
+    bodies = {doc["trace_id"]: harness.split_datagram(harness.datagram(doc))[1].decode()
+              for doc in docs}
     pending = {doc["trace_id"]: doc["id"] for doc in docs}
+    documents = {}
 
     def all_arrived():
         ids = list(pending)
@@ -113,10 +116,13 @@ def test_many_segments_all_arrive(daemon, moto_server, xray_client):
             for trace in resp.get("Traces", []):
                 if [s["Id"] for s in trace["Segments"]] == [pending.get(trace["Id"])]:
                     pending.pop(trace["Id"])
+                    documents[trace["Id"]] = trace["Segments"][0]["Document"]
         return not pending
 
     harness.poll(all_arrived, timeout=20, interval=0.5,
                  what="all 120 segments in moto")
+    # Compact JSON as sent, byte for byte (a re-serialising daemon would add spaces).
+    assert documents == bodies
     res = d.stop()
     assert res.returncode == 0, res.log
     sent = sum(int(n) for n in SENT_RE.findall(res.log))
