@@ -57,11 +57,15 @@ RUN case "${TARGETARCH}" in \
 WORKDIR /src
 COPY . .
 
+# The commit `xray -v` reports (build.rs reads it; .git is not in the build context):
+#   docker buildx build --build-arg XRAY_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG XRAY_GIT_COMMIT=""
+
 # The registry and target caches persist between builds (BuildKit cache mounts); the binary
 # is copied out of the cache mount so that the next stage can take it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,id=xray-daemon-target-${TARGETARCH},sharing=locked \
-    source /cross-env \
+    . /cross-env \
     && target="$(cat /rust-target)" \
     && cargo build --release --locked --bin xray --target "${target}" \
     && install -D -m 0755 "target/${target}/release/xray" /out/xray
@@ -69,10 +73,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ----------------------------------------------------------------------------- final stage
 # distroless/cc: glibc, libgcc, CA certificates and /etc/passwd, nothing else (no shell).
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG XRAY_GIT_COMMIT=""
 
 LABEL org.opencontainers.image.title="xray-daemon" \
       org.opencontainers.image.description="Kubernetes-native drop-in replacement for the AWS X-Ray daemon" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${XRAY_GIT_COMMIT}"
 
 COPY --from=build /out/xray /usr/bin/xray
 

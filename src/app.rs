@@ -1,35 +1,44 @@
-//! The daemon assembled: `Daemon::start` sizes the budget, builds the sink and binds every
-//! socket (the one fallible phase); `Daemon::run` moves segments until shutdown, then drains
-//! in order (ingest, batcher, uploads) under the shutdown deadline.
+//! The daemon assembled: `Daemon::start` sizes the budget, binds every socket and builds the
+//! sink (the one fallible phase); `Daemon::run` moves segments and applies reloads until
+//! shutdown, then drains in order (ingest, batcher, uploads) under the shutdown deadline.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::status::Destination;
+use crate::admin::{self, AdminServer, AdminState, Latch, Readiness, StatusBoard};
 use crate::budget::{self, MemoryBudget};
-use crate::config::Config;
-use crate::ingest::{udp, Admission};
-use crate::metrics::{DropReason, Metrics, Transport};
+use crate::config::{Config, Loaded};
+use crate::ingest::udp::{self, UdpListener};
+use crate::ingest::{Admission, Segment};
+use crate::logging::LogHandle;
+use crate::metrics::{Metrics, Transport};
+use crate::net;
+use crate::reload::{self, ConfigInputs, ConfigWatcher, ReloadRequest};
 use crate::upload::local::LocalSink;
 use crate::upload::retry::RetryPolicy;
 use crate::upload::xray::XraySink;
-use crate::upload::{Sink, Uploader};
+use crate::upload::{Concurrency, Sink, Uploader};
 
 /// UDP receive tasks sharing the socket (the Go daemon runs two readers).
 const UDP_RECEIVE_WORKERS: usize = 2;
+
+/// How long a listener moved by a reload keeps receiving on its old address.
+const REBIND_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listen address could not be bound.
     #[error(transparent)]
-    Bind(#[from] udp::BindError),
+    Bind(#[from] net::BindError),
     /// No region for uploads.
     #[error(transparent)]
     Region(#[from] crate::aws::NoRegion),
@@ -41,6 +50,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin server thread could not start.
+    #[error("Unable to start the admin server: {0}")]
+    Admin(std::io::Error),
     /// Metrics registration failed (a programming error).
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -55,47 +67,116 @@ pub struct RunSummary {
 
 /// A started daemon: sockets bound, sink ready.
 pub struct Daemon {
-    config: Config,
+    inputs: ConfigInputs,
+    loaded: Arc<Loaded>,
+    config_tx: watch::Sender<Arc<Loaded>>,
+    log: Option<LogHandle>,
     metrics: Metrics,
     budget: Arc<MemoryBudget>,
-    udp: Arc<UdpSocket>,
-    sink: watch::Receiver<Arc<Sink>>,
-    _sink_tx: watch::Sender<Arc<Sink>>,
+    status: Arc<StatusBoard>,
+    readiness: Readiness,
+    pipeline_latch: Option<Latch>,
+    admission: Admission,
+    concurrency: Arc<Concurrency>,
+    sink_tx: watch::Sender<Arc<Sink>>,
+    udp: UdpListener,
+    retiring: JoinSet<()>,
+    segments_tx: mpsc::UnboundedSender<Segment>,
+    segments_rx: Option<mpsc::UnboundedReceiver<Segment>>,
+    stop_ingest: CancellationToken,
+    admin: AdminServer,
+    admin_addr: SocketAddr,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
+    _watcher: Option<ConfigWatcher>,
 }
 
 impl Daemon {
-    /// Sizes the budget, builds the sink and binds the UDP socket, logging the Go daemon's
-    /// startup lines in its order.
-    pub async fn start(config: Config, registry: Registry) -> Result<Daemon, StartError> {
+    /// Sizes the budget, starts the admin server, builds the sink and binds the UDP socket,
+    /// logging the Go daemon's startup lines in its order. `inputs` are kept for reloads;
+    /// `log` (if given) is adjusted by them.
+    pub async fn start(
+        inputs: ConfigInputs,
+        loaded: Loaded,
+        log: Option<LogHandle>,
+        registry: Registry,
+    ) -> Result<Daemon, StartError> {
+        let config = loaded.config.clone();
         tracing::info!("Initializing AWS X-Ray daemon {} (commit {})", crate::VERSION, crate::GIT_COMMIT);
-        let budget_mb = match config.total_buffer_size_mb {
-            0 => budget::detect_auto_budget_mb(),
-            mb => mb,
-        };
+        let readiness = Readiness::new();
+        let udp_latch = readiness.latch("udp listener not bound");
+        let pipeline_latch = readiness.latch("pipeline not running");
+        let budget_mb = budget_mb(&config);
         tracing::info!("Using buffer memory limit of {budget_mb} MB");
         let budget = MemoryBudget::new(budget::mb_to_bytes(budget_mb));
         let metrics = Metrics::new(registry, Arc::clone(&budget))?;
-        let sink = build_sink(&config).await?;
-        let udp = udp::bind(&config.udp_address, config.receive_buffer_bytes)?;
-        tracing::debug!(
-            "Listening on UDP {} (receive buffer {} bytes)",
-            udp.local_addr().map_or_else(|_| config.udp_address.clone(), |a| a.to_string()),
-            udp::receive_buffer_size(&udp).unwrap_or(0)
-        );
-        let (sink_tx, sink_rx) = watch::channel(Arc::new(sink));
+        let status = Arc::new(StatusBoard::new());
+        let loaded = Arc::new(loaded);
+        let (config_tx, config_rx) = watch::channel(Arc::clone(&loaded));
+        let (reload_tx, reload_rx) = mpsc::channel(8);
+
+        let admin_listener = net::bind_tcp(&config.admin_address)?;
+        let admin_addr = admin_listener.local_addr().map_err(StartError::Admin)?;
+        let router = admin::router(AdminState {
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            status: Arc::clone(&status),
+            budget: Arc::clone(&budget),
+            config: config_rx,
+            reload: reload_tx.clone(),
+        });
+        let admin = AdminServer::spawn(admin_listener, router).map_err(StartError::Admin)?;
+        tracing::info!("Starting admin server on {admin_addr}");
+
+        let sink = build_sink(&config, &status).await?;
+        let (sink_tx, _) = watch::channel(Arc::new(sink));
+        let stop_ingest = CancellationToken::new();
+        let (segments_tx, segments_rx) = mpsc::unbounded_channel();
+        let admission = Admission::new(Arc::clone(&budget), metrics.ingest(Transport::Udp), Arc::clone(&status));
+        let socket = udp::bind(&config.udp_address, config.receive_buffer_bytes)?;
+        let udp = UdpListener::start(socket, UDP_RECEIVE_WORKERS, &admission, &segments_tx, stop_ingest.child_token());
+        log_listener(&udp);
+        udp_latch.release();
+
+        let watcher = loaded.file.as_ref().and_then(|file| {
+            ConfigWatcher::start(file, reload_tx.clone(), stop_ingest.clone())
+                .map_err(|e| tracing::warn!("Not watching {} for changes: {e}", file.display()))
+                .ok()
+        });
         Ok(Daemon {
-            config,
+            inputs,
+            loaded,
+            config_tx,
+            log,
             metrics,
             budget,
-            udp: Arc::new(udp),
-            sink: sink_rx,
-            _sink_tx: sink_tx,
+            status,
+            readiness,
+            pipeline_latch: Some(pipeline_latch),
+            admission,
+            concurrency: Concurrency::new(config.concurrency),
+            sink_tx,
+            udp,
+            retiring: JoinSet::new(),
+            segments_tx,
+            segments_rx: Some(segments_rx),
+            stop_ingest,
+            admin,
+            admin_addr,
+            reload_tx,
+            reload_rx,
+            _watcher: watcher,
         })
     }
 
     /// The bound UDP address.
     pub fn udp_local_addr(&self) -> SocketAddr {
         self.udp.local_addr().expect("a bound socket has an address")
+    }
+
+    /// The admin server's address.
+    pub fn admin_local_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The daemon's metrics.
@@ -108,76 +189,221 @@ impl Daemon {
         &self.budget
     }
 
-    /// Runs until `shutdown` completes, then stops ingest and flushes what it holds within
-    /// the shutdown timeout; whatever is still held then is counted as dropped (`shutdown`).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> RunSummary {
-        let stop_ingest = CancellationToken::new();
+    /// Where reload requests go (SIGHUP forwarding).
+    pub fn reload_sender(&self) -> mpsc::Sender<ReloadRequest> {
+        self.reload_tx.clone()
+    }
+
+    /// Runs until `shutdown` completes, applying reloads meanwhile; then stops ingest and
+    /// flushes what it holds within the shutdown timeout. Whatever is still held then is
+    /// counted as dropped (`shutdown`).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> RunSummary {
         let abort_uploads = CancellationToken::new();
-        let (segments_tx, segments_rx) = mpsc::unbounded_channel();
-        let admission = Admission::new(Arc::clone(&self.budget), self.metrics.ingest(Transport::Udp));
-        let mut receivers = JoinSet::new();
-        for _ in 0..UDP_RECEIVE_WORKERS {
-            receivers.spawn(udp::receive(
-                Arc::clone(&self.udp),
-                admission.clone(),
-                segments_tx.clone(),
-                stop_ingest.clone(),
-            ));
-        }
-        // Only the receivers hold senders now: when they stop, the batcher sees the end.
-        drop(segments_tx);
         let uploader = Uploader::new(
-            self.sink.clone(),
-            self.config.concurrency,
+            self.sink_tx.subscribe(),
+            Arc::clone(&self.concurrency),
             RetryPolicy::default(),
             self.metrics.clone(),
+            Arc::clone(&self.status),
             abort_uploads.clone(),
         );
+        let segments_rx = self.segments_rx.take().expect("run is called once");
         let mut pipeline = tokio::spawn(uploader.run(segments_rx));
+        drop(self.pipeline_latch.take());
 
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(request) = self.reload_rx.recv() => self.reload(request).await,
+            }
+        }
+
+        self.readiness.begin_shutdown();
         tracing::debug!("Shutdown initiated: stopping ingest");
-        stop_ingest.cancel();
-        while receivers.join_next().await.is_some() {}
-        drop(self.udp);
+        self.stop_ingest.cancel();
+        self.udp.stop().await;
+        while self.retiring.join_next().await.is_some() {}
+        // The receivers are gone; with the last sender dropped the batcher sees the end.
+        drop(self.segments_tx);
 
-        let drained = tokio::time::timeout(self.config.shutdown_timeout, &mut pipeline)
-            .await
-            .is_ok();
+        let shutdown_timeout = self.loaded.config.shutdown_timeout;
+        let drained = tokio::time::timeout(shutdown_timeout, &mut pipeline).await.is_ok();
         if !drained {
             tracing::warn!(
-                "Shutdown timeout of {:?} reached with {} segments still held; dropping them",
-                self.config.shutdown_timeout,
+                "Shutdown timeout of {shutdown_timeout:?} reached with {} segments still held; dropping them",
                 self.budget.held_segments()
             );
             abort_uploads.cancel();
             let _ = pipeline.await;
         }
+        let total = |name| self.metrics.total(name);
         tracing::debug!(
-            "Trace segment: received: {}, sent: {}, dropped at shutdown: {}",
-            self.metrics.total("xray_segments_received_total"),
-            self.metrics.segments_sent.get(),
-            self.metrics.dropped(DropReason::Shutdown).get()
+            "Trace segment: received: {}, sent: {}, rejected: {}, dropped: {}",
+            total("xray_segments_received_total"),
+            total("xray_segments_sent_total"),
+            total("xray_segments_rejected_total"),
+            total("xray_segments_dropped_total"),
         );
+        self.admin.stop();
         RunSummary { drained }
+    }
+
+    async fn reload(&mut self, request: ReloadRequest) {
+        let trigger = request.trigger.as_str();
+        let outcome = match self.inputs.load() {
+            Ok(loaded) => self.apply(loaded).await,
+            Err(error) => Err(error.to_string()),
+        };
+        match &outcome {
+            Ok(summary) => tracing::info!("Reloaded configuration ({trigger}): {summary}"),
+            Err(error) => tracing::error!(
+                "Reloading configuration ({trigger}) failed; keeping the current configuration: {error}"
+            ),
+        }
+        self.metrics.config_reloaded(outcome.is_ok());
+        self.status.reloaded(match &outcome {
+            Ok(summary) => format!("success: {summary}"),
+            Err(error) => format!("failure: {error}"),
+        });
+        if let Some(reply) = request.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// Applies `new` all-or-nothing: everything that can fail (binding new sockets, building
+    /// the sink, opening the log file) happens first; only then is anything changed.
+    async fn apply(&mut self, new: Loaded) -> Result<String, String> {
+        let old = self.loaded.config.clone();
+        let config = new.config.clone();
+        let changed = reload::changed_keys(&old, &config);
+
+        let new_udp = (old.udp_address != config.udp_address)
+            .then(|| udp::bind(&config.udp_address, config.receive_buffer_bytes))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let new_admin = (old.admin_address != config.admin_address)
+            .then(|| net::bind_tcp(&config.admin_address))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let new_sink = if reload::sink_changed(&old, &config) {
+            Some(build_sink(&config, &self.status).await.map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        if let (Some(path), true) = (&config.log_path, old.log_path != config.log_path) {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("Logging.LogPath: cannot open {}: {e}", path.display()))?;
+        }
+
+        if let Some(log) = &self.log {
+            if old.log_level != config.log_level {
+                if let Some(warning) = log.set_level(&config.log_level) {
+                    tracing::warn!("{warning}");
+                }
+            }
+            if old.log_path != config.log_path || old.log_rotation != config.log_rotation {
+                if let Err(error) = log.set_destination(config.log_path.clone(), config.log_rotation) {
+                    tracing::error!("Keeping the current log destination: {error}");
+                }
+            }
+        }
+        if old.total_buffer_size_mb != config.total_buffer_size_mb {
+            self.budget.set_limit_bytes(budget::mb_to_bytes(budget_mb(&config)));
+        }
+        self.concurrency.set(config.concurrency);
+        if let Some(sink) = new_sink {
+            self.sink_tx.send_replace(Arc::new(sink));
+        }
+        match new_udp {
+            Some(socket) => {
+                let listener = UdpListener::start(
+                    socket,
+                    UDP_RECEIVE_WORKERS,
+                    &self.admission,
+                    &self.segments_tx,
+                    self.stop_ingest.child_token(),
+                );
+                let previous = std::mem::replace(&mut self.udp, listener);
+                log_listener(&self.udp);
+                self.retiring.spawn(previous.retire(REBIND_LINGER));
+            }
+            None if old.receive_buffer_bytes != config.receive_buffer_bytes => {
+                udp::set_receive_buffer(&socket2::SockRef::from(self.udp.socket()), config.receive_buffer_bytes);
+            }
+            None => {}
+        }
+        if let Some(listener) = new_admin {
+            self.admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+            self.admin.rebind(listener);
+            tracing::info!("Admin server moved to {}", self.admin_addr);
+        }
+        self.loaded = Arc::new(new);
+        self.config_tx.send_replace(Arc::clone(&self.loaded));
+        Ok(if changed.is_empty() {
+            "no settings changed".to_owned()
+        } else {
+            format!("changed {}", changed.join(", "))
+        })
     }
 }
 
-async fn build_sink(config: &Config) -> Result<Sink, StartError> {
+fn budget_mb(config: &Config) -> u64 {
+    match config.total_buffer_size_mb {
+        0 => budget::detect_auto_budget_mb(),
+        mb => mb,
+    }
+}
+
+fn log_listener(listener: &UdpListener) {
+    tracing::debug!(
+        "Listening on UDP {} (receive buffer {} bytes)",
+        listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        udp::receive_buffer_size(listener.socket()).unwrap_or(0)
+    );
+}
+
+async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, StartError> {
     if let Some(path) = &config.local_sink {
         let sink = LocalSink::open(path).map_err(|source| StartError::LocalSink {
             path: path.clone(),
             source,
         })?;
         tracing::info!("Writing segments to local sink {} instead of uploading", sink.target());
+        status.set_destination(Destination {
+            sink: "local".into(),
+            local_sink: Some(path.clone()),
+            ..Destination::default()
+        });
         return Ok(Sink::Local(sink));
     }
-    let (region, _source) = crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
+    let (region, source) = crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
     tracing::info!("Using region: {region}");
-    match &config.endpoint {
-        Some(endpoint) => tracing::debug!("Using Endpoint: {endpoint}"),
-        None => tracing::debug!("Using default X-Ray endpoint"),
-    }
+    let endpoint = match &config.endpoint {
+        Some(endpoint) => {
+            tracing::debug!("Using Endpoint: {endpoint}");
+            endpoint.clone()
+        }
+        None => {
+            tracing::debug!("Using default X-Ray endpoint");
+            crate::aws::default_endpoint(&region)
+        }
+    };
     let sdk_config = crate::aws::sdk_config(&region).await;
+    status.set_destination(Destination {
+        sink: "xray".into(),
+        region: Some(region),
+        region_source: Some(source.as_str().into()),
+        endpoint: Some(endpoint),
+        ..Destination::default()
+    });
+    let status = Arc::clone(status);
+    let probe_config = sdk_config.clone();
+    tokio::spawn(async move {
+        status.set_credential_source(crate::aws::credential_source(&probe_config).await);
+    });
     Ok(Sink::Xray(XraySink::new(&sdk_config, config.endpoint.as_deref())))
 }

@@ -13,12 +13,16 @@
 //! - [`upload`]: batches to X-Ray (`PutTraceSegments`) or the local sink, with retries.
 //! - [`aws`]: region resolution and the SDK configuration.
 //! - [`metrics`]: every Prometheus metric (names are API).
+//! - [`admin`]: the admin HTTP server: probes, metrics, diagnostics, reload endpoint.
+//! - [`reload`]: reload triggers (SIGHUP, HTTP, a watched config file) and what changed.
+//! - [`net`]: listen addresses and binding (dual-stack wildcards).
 //! - [`app`]: the daemon assembled: start (bind everything), run, ordered shutdown.
 //! - [`signals`], [`healthcheck`]: process signals; the `xray healthcheck` probe.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod aws;
 pub mod batch;
@@ -29,6 +33,8 @@ pub mod healthcheck;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod net;
+pub mod reload;
 pub mod segment;
 pub mod signals;
 pub mod upload;

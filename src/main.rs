@@ -1,7 +1,6 @@
 //! The `xray` binary: command line, configuration, logging, then the daemon until a signal;
 //! every failure becomes the Go daemon's exit code (2 bad flags, 1 bad config/bind/region).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -10,6 +9,7 @@ use anyhow::Context;
 use xray_daemon::app::Daemon;
 use xray_daemon::cli::{self, Command, Flags};
 use xray_daemon::config::{self, Loaded, OptionId};
+use xray_daemon::reload::ConfigInputs;
 use xray_daemon::{healthcheck, logging, signals};
 
 fn main() -> ExitCode {
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run(flags) => match load_config(&flags) {
-            Ok(loaded) => match run(loaded) {
+            Ok(loaded) => match run(inputs(flags), loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
@@ -53,11 +53,18 @@ fn version() -> String {
     format!("{} (commit {})", xray_daemon::VERSION, xray_daemon::GIT_COMMIT)
 }
 
+fn inputs(flags: Flags) -> ConfigInputs {
+    ConfigInputs {
+        flags,
+        env: std::env::vars().collect(),
+        search_path: config::default_search_path(),
+    }
+}
+
 /// Loads the configuration; on failure prints the Go daemon's `[Error]` line to stderr and
 /// to the `-f` log file, and returns exit code 1.
 fn load_config(flags: &Flags) -> Result<Loaded, ExitCode> {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    config::load(flags, &env, &config::default_search_path()).map_err(|error| {
+    inputs(flags.clone()).load().map_err(|error| {
         let line = logging::format_line(SystemTime::now(), "Error", &error.to_string());
         eprint!("{line}");
         if let Some(log_file) = flags.get(OptionId::LogPath).filter(|f| !f.value.is_empty()) {
@@ -71,9 +78,9 @@ fn load_config(flags: &Flags) -> Result<Loaded, ExitCode> {
     })
 }
 
-fn run(loaded: Loaded) -> anyhow::Result<()> {
-    let config = loaded.config;
-    let (_log_handle, level_warning) =
+fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let (log_handle, level_warning) =
         logging::init(&config.log_level, config.log_path.clone(), config.log_rotation)
             .context("Unable to set up logging")?;
     for warning in level_warning.iter().chain(&loaded.warnings) {
@@ -84,7 +91,8 @@ fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("Unable to start the runtime")?;
     runtime.block_on(async {
-        let daemon = Daemon::start(config, prometheus::Registry::new()).await?;
+        let daemon = Daemon::start(inputs, loaded, Some(log_handle), prometheus::Registry::new()).await?;
+        tokio::spawn(signals::forward_reloads(daemon.reload_sender()));
         daemon
             .run(async {
                 let signal = signals::shutdown_requested().await;

@@ -6,6 +6,7 @@ pub mod udp;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admin::StatusBoard;
 use crate::budget::{BudgetPermit, MemoryBudget};
 use crate::metrics::IngestCounters;
 use crate::segment::{self, Rejection};
@@ -39,17 +40,24 @@ pub enum Refusal {
 pub struct Admission {
     budget: Arc<MemoryBudget>,
     counters: IngestCounters,
+    status: Arc<StatusBoard>,
     warnings: Arc<WarnLimiter>,
 }
 
 impl Admission {
-    /// Admission into `budget`, counting into `counters`.
-    pub fn new(budget: Arc<MemoryBudget>, counters: IngestCounters) -> Self {
+    /// Admission into `budget`, counting into `counters`, noting arrivals on `status`.
+    pub fn new(budget: Arc<MemoryBudget>, counters: IngestCounters, status: Arc<StatusBoard>) -> Self {
         Admission {
             budget,
             counters,
+            status,
             warnings: Arc::new(WarnLimiter::default()),
         }
+    }
+
+    /// Segments arrived (called once per receive round, not per datagram).
+    pub fn note_activity(&self) {
+        self.status.received_now();
     }
 
     /// Admits one datagram (`<header>\n<document>`): the document is copied once, into an
@@ -142,7 +150,7 @@ mod tests {
     fn admission(limit: usize) -> (Admission, Metrics) {
         let budget = MemoryBudget::new(limit);
         let metrics = Metrics::new(prometheus::Registry::new(), Arc::clone(&budget)).unwrap();
-        (Admission::new(budget, metrics.ingest(Transport::Udp)), metrics)
+        (Admission::new(budget, metrics.ingest(Transport::Udp), Arc::new(StatusBoard::new())), metrics)
     }
 
     #[test]

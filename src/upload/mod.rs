@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::StatusBoard;
 use crate::batch::{Batcher, MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT};
 use crate::ingest::Segment;
 use crate::metrics::{DropReason, Metrics, UploadOutcome};
@@ -60,13 +61,56 @@ pub struct SendFailure {
     pub message: String,
 }
 
+/// The number of upload slots, changeable while uploads run (config reload).
+#[derive(Debug)]
+pub struct Concurrency {
+    slots: Arc<Semaphore>,
+    current: std::sync::Mutex<usize>,
+}
+
+impl Concurrency {
+    /// `slots` upload slots (at least one).
+    pub fn new(slots: usize) -> Arc<Self> {
+        let slots = slots.max(1);
+        Arc::new(Concurrency {
+            slots: Arc::new(Semaphore::new(slots)),
+            current: std::sync::Mutex::new(slots),
+        })
+    }
+
+    /// Changes the number of slots. Growing takes effect at once; shrinking takes slots
+    /// out of service as the uploads holding them finish.
+    pub fn set(&self, slots: usize) {
+        let slots = slots.max(1);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if slots > *current {
+            self.slots.add_permits(slots - *current);
+        } else if slots < *current {
+            let surplus = u32::try_from(*current - slots).unwrap_or(u32::MAX);
+            let semaphore = Arc::clone(&self.slots);
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            });
+        }
+        *current = slots;
+    }
+
+    /// The configured number of slots.
+    pub fn get(&self) -> usize {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Runs batches through the current sink.
 #[derive(Clone)]
 pub struct Uploader {
     sink: watch::Receiver<Arc<Sink>>,
-    concurrency: Arc<Semaphore>,
+    concurrency: Arc<Concurrency>,
     policy: RetryPolicy,
     metrics: Metrics,
+    status: Arc<StatusBoard>,
     abort: CancellationToken,
 }
 
@@ -76,16 +120,18 @@ impl Uploader {
     /// every segment still held is dropped and counted as `dropped{reason="shutdown"}`.
     pub fn new(
         sink: watch::Receiver<Arc<Sink>>,
-        concurrency: usize,
+        concurrency: Arc<Concurrency>,
         policy: RetryPolicy,
         metrics: Metrics,
+        status: Arc<StatusBoard>,
         abort: CancellationToken,
     ) -> Self {
         Uploader {
             sink,
-            concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency,
             policy,
             metrics,
+            status,
             abort,
         }
     }
@@ -146,7 +192,7 @@ impl Uploader {
     /// backpressure: segments keep queueing (inside the budget) and later batches fill up.
     async fn dispatch(&self, batch: Vec<Segment>, uploads: &TaskTracker) {
         let slot = tokio::select! {
-            slot = Arc::clone(&self.concurrency).acquire_owned() => slot,
+            slot = Arc::clone(&self.concurrency.slots).acquire_owned() => slot,
             () = self.abort.cancelled() => {
                 self.drop_at_shutdown(batch.len());
                 return;
@@ -179,6 +225,7 @@ impl Uploader {
             let failure = match result {
                 Ok(unprocessed) => {
                     metrics.upload_request(UploadOutcome::Ok).inc();
+                    self.status.upload_succeeded();
                     metrics.batch_segments.observe(documents.len() as f64);
                     drop(documents);
                     pending = self.settle(pending, &unprocessed, elapsed);
@@ -190,6 +237,7 @@ impl Uploader {
                 Err(error) => {
                     metrics.upload_request(error.failure.outcome()).inc();
                     tracing::error!("Sending segment batch failed with: {}", error.message);
+                    self.status.upload_failed(&error.message);
                     error.failure
                 }
             };

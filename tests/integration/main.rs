@@ -1,6 +1,7 @@
 //! Integration tests: the daemon in process, on ephemeral loopback ports, against a fake
 //! X-Ray that verifies SigV4 signatures.
 
+mod binary;
 mod fake_xray;
 mod pipeline;
 
@@ -11,8 +12,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use xray_daemon::app::{Daemon, RunSummary};
-use xray_daemon::config::Config;
+use xray_daemon::cli::{self, Command};
 use xray_daemon::metrics::Metrics;
+use xray_daemon::reload::ConfigInputs;
 
 pub use fake_xray::{FakeXray, Reply};
 
@@ -29,34 +31,27 @@ fn set_test_credentials() {
     });
 }
 
-/// A configuration for an in-process daemon uploading to `fake`.
-pub fn config_for(fake: &FakeXray) -> Config {
-    Config {
-        total_buffer_size_mb: 16,
-        concurrency: 8,
-        endpoint: Some(fake.endpoint()),
-        region: Some(fake_xray::REGION.into()),
-        udp_address: "127.0.0.1:0".into(),
-        tcp_address: "127.0.0.1:0".into(),
-        receive_buffer_bytes: 8 << 20,
-        log_rotation: true,
-        log_level: "prod".into(),
-        log_path: None,
-        local_mode: true,
-        resource_arn: None,
-        role_arn: None,
-        no_verify_ssl: false,
-        proxy_address: None,
-        local_sink: None,
-        admin_address: "127.0.0.1:0".into(),
-        admin_enable_lifecycle: false,
-        shutdown_timeout: Duration::from_secs(10),
-    }
+/// Command-line arguments for an in-process daemon uploading to `fake`.
+pub fn args_for(fake: &FakeXray) -> Vec<String> {
+    [
+        "-o", "-n", fake_xray::REGION, "--endpoint", &fake.endpoint(), "-b", "127.0.0.1:0",
+        "--admin-address", "127.0.0.1:0", "-m", "16", "--shutdown-timeout", "10s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `args` with more flags appended (later flags win, as in Go).
+pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// A running in-process daemon.
 pub struct Running {
     pub udp: SocketAddr,
+    pub admin: SocketAddr,
     pub metrics: Metrics,
     pub budget: std::sync::Arc<xray_daemon::budget::MemoryBudget>,
     stop: Option<oneshot::Sender<()>>,
@@ -64,15 +59,25 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn start(config: Config) -> Running {
+    /// Starts a daemon configured by `args` exactly as the binary would be (no environment
+    /// variables or search-path files are read).
+    pub async fn start(args: Vec<String>) -> Running {
         set_test_credentials();
-        let daemon = Daemon::start(config, prometheus::Registry::new()).await.expect("daemon starts");
+        let Ok(Command::Run(flags)) = cli::parse(&args) else {
+            panic!("bad test arguments {args:?}");
+        };
+        let inputs = ConfigInputs { flags, ..ConfigInputs::default() };
+        let loaded = inputs.load().expect("valid test configuration");
+        let daemon = Daemon::start(inputs, loaded, None, prometheus::Registry::new())
+            .await
+            .expect("daemon starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let (udp, metrics, budget) = (daemon.udp_local_addr(), daemon.metrics().clone(), daemon.budget().clone());
+        let (udp, admin) = (daemon.udp_local_addr(), daemon.admin_local_addr());
+        let (metrics, budget) = (daemon.metrics().clone(), daemon.budget().clone());
         let task = tokio::spawn(daemon.run(async move {
             let _ = stopped.await;
         }));
-        Running { udp, metrics, budget, stop: Some(stop), task }
+        Running { udp, admin, metrics, budget, stop: Some(stop), task }
     }
 
     /// Triggers the shutdown sequence and waits for it.

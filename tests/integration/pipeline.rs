@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::{config_for, datagram, eventually, send_paced, FakeXray, Reply, Running};
+use crate::{args_for, datagram, eventually, send_paced, with, FakeXray, Reply, Running};
 
 fn fixtures() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sdk-datagrams");
@@ -30,7 +30,7 @@ fn ids(documents: &[String]) -> Vec<String> {
 #[tokio::test]
 async fn every_captured_sdk_datagram_arrives_byte_identical_and_signed() {
     let fake = FakeXray::start().await;
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     let datagrams = fixtures();
     send_paced(daemon.udp, &datagrams, 1000).await;
 
@@ -55,9 +55,11 @@ async fn every_captured_sdk_datagram_arrives_byte_identical_and_signed() {
 #[tokio::test]
 async fn ten_thousand_datagrams_arrive_once_each() {
     let fake = FakeXray::start().await;
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     let datagrams: Vec<Vec<u8>> = (0..10_000).map(|i| datagram(&format!("{i:016x}"), 300)).collect();
-    send_paced(daemon.udp, &datagrams, 20_000).await;
+    // Paced so that a loaded machine's scheduling stalls stay within the socket buffer: this
+    // test is about the daemon losing nothing; rates are the benchmark's business.
+    send_paced(daemon.udp, &datagrams, 5_000).await;
 
     let documents = fake.wait_for_documents(10_000, Duration::from_secs(20)).await;
     let ids = ids(&documents);
@@ -75,7 +77,7 @@ async fn ten_thousand_datagrams_arrive_once_each() {
 #[tokio::test]
 async fn a_lone_datagram_leaves_within_one_and_a_half_seconds() {
     let fake = FakeXray::start().await;
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     let started = Instant::now();
     send_paced(daemon.udp, &[datagram("lone", 200)], 1000).await;
     let documents = fake.wait_for_documents(1, Duration::from_secs(3)).await;
@@ -88,7 +90,7 @@ async fn a_lone_datagram_leaves_within_one_and_a_half_seconds() {
 #[tokio::test]
 async fn invalid_datagrams_are_counted_by_reason_and_valid_ones_still_flow() {
     let fake = FakeXray::start().await;
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     let junk: Vec<Vec<u8>> = vec![
         b"no newline at all".to_vec(),
         b"{\"format\":\"json\",\"version\":1}\n".to_vec(),
@@ -110,9 +112,7 @@ async fn a_flood_past_the_budget_is_dropped_counted_and_bounded() {
     let fake = FakeXray::start().await;
     // The backend stalls, so nothing leaves while the flood arrives.
     fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_secs(3)), 8));
-    let mut config = config_for(&fake);
-    config.total_buffer_size_mb = 3;
-    let daemon = Running::start(config).await;
+    let daemon = Running::start(with(args_for(&fake), &["-m", "3"])).await;
     let datagrams: Vec<Vec<u8>> = (0..6_000).map(|i| datagram(&format!("{i:016x}"), 1000)).collect();
     send_paced(daemon.udp, &datagrams, 30_000).await;
 
@@ -141,7 +141,7 @@ async fn throttling_and_outages_are_retried_until_everything_arrives_once() {
         Reply::Fail(500, "InternalFailure"),
         Reply::Fail(429, "TooManyRequestsException"),
     ]);
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     let datagrams: Vec<Vec<u8>> = (0..200).map(|i| datagram(&format!("r{i}"), 200)).collect();
     send_paced(daemon.udp, &datagrams, 5_000).await;
 
@@ -159,7 +159,7 @@ async fn throttling_and_outages_are_retried_until_everything_arrives_once() {
 async fn a_non_retryable_rejection_drops_the_batch_and_counts_it() {
     let fake = FakeXray::start().await;
     fake.script([Reply::Fail(403, "AccessDeniedException")]);
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     send_paced(daemon.udp, &[datagram("denied", 100)], 1000).await;
     assert!(
         eventually(Duration::from_secs(3), || {
@@ -180,7 +180,7 @@ async fn unprocessed_segments_are_resent_when_retryable_and_rejected_otherwise()
         Reply::Accept, // the re-sent u1, within the first retry's 100 ms backoff
         Reply::Unprocessed(vec!["u2".into()], "InvalidSegment"),
     ]);
-    let daemon = Running::start(config_for(&fake)).await;
+    let daemon = Running::start(args_for(&fake)).await;
     send_paced(daemon.udp, &[datagram("u1", 100), datagram("u3", 100)], 1000).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     send_paced(daemon.udp, &[datagram("u2", 100)], 1000).await;
@@ -202,9 +202,7 @@ async fn unprocessed_segments_are_resent_when_retryable_and_rejected_otherwise()
 async fn shutdown_flushes_everything_buffered() {
     let fake = FakeXray::start().await;
     fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_millis(500)), 4));
-    let mut config = config_for(&fake);
-    config.concurrency = 2;
-    let daemon = Running::start(config).await;
+    let daemon = Running::start(with(args_for(&fake), &["--concurrency", "2"])).await;
     let datagrams: Vec<Vec<u8>> = (0..1_000).map(|i| datagram(&format!("s{i}"), 500)).collect();
     send_paced(daemon.udp, &datagrams, 50_000).await;
     assert!(eventually(Duration::from_secs(2), || daemon.total("xray_segments_received_total") == 1_000).await);
@@ -221,9 +219,7 @@ async fn shutdown_flushes_everything_buffered() {
 async fn what_the_shutdown_deadline_cuts_off_is_counted_as_dropped() {
     let fake = FakeXray::start().await;
     fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_secs(30)), 50));
-    let mut config = config_for(&fake);
-    config.shutdown_timeout = Duration::from_millis(500);
-    let daemon = Running::start(config).await;
+    let daemon = Running::start(with(args_for(&fake), &["--shutdown-timeout", "500ms"])).await;
     let datagrams: Vec<Vec<u8>> = (0..300).map(|i| datagram(&format!("d{i}"), 200)).collect();
     send_paced(daemon.udp, &datagrams, 30_000).await;
     assert!(eventually(Duration::from_secs(2), || daemon.total("xray_segments_received_total") == 300).await);

@@ -177,6 +177,9 @@ Cross-field checks the schema cannot express; fail with a message naming the val
 {{- if and (eq .Values.mode "deployment") (not .Values.service.enabled) }}
 {{- fail "mode=deployment needs service.enabled=true: a Deployment has no hostPort, so the Service is how apps reach it" }}
 {{- end }}
+{{- if and (eq .Values.mode "deployment") .Values.hostNetwork }}
+{{- fail "hostNetwork is for mode=daemonset: a Deployment is reached through its Service" }}
+{{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.service.enabled) }}
 {{- fail "serviceMonitor.enabled needs service.enabled=true (or use podMonitor.enabled, which needs no Service)" }}
 {{- end }}
@@ -200,7 +203,7 @@ The pod template shared by the DaemonSet and the Deployment.
 */}}
 {{- define "xray-daemon.podTemplate" -}}
 {{- $bufferMB := include "xray-daemon.bufferMemoryMB" . }}
-{{- $daemonset := eq .Values.mode "daemonset" }}
+{{- $daemonset := eq .Values.mode "daemonset" -}}
 metadata:
   labels:
     {{- include "xray-daemon.labels" . | nindent 4 }}
@@ -262,7 +265,7 @@ spec:
         - --admin-address
         - {{ include "xray-daemon.hostPort" (list .Values.bindAddress .Values.ports.admin.containerPort) | quote }}
         - --shutdown-timeout
-        - {{ printf "%ss" (include "xray-daemon.shutdownTimeoutSeconds" .) }}
+        - {{ printf "%ss" (include "xray-daemon.shutdownTimeoutSeconds" .) | quote }}
         {{- if $bufferMB }}
         - -m
         - {{ $bufferMB | quote }}
