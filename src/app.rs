@@ -102,7 +102,11 @@ impl Daemon {
         registry: Registry,
     ) -> Result<Daemon, StartError> {
         let config = loaded.config.clone();
-        tracing::info!("Initializing AWS X-Ray daemon {} (commit {})", crate::VERSION, crate::GIT_COMMIT);
+        tracing::info!(
+            "Initializing AWS X-Ray daemon {} (commit {})",
+            crate::VERSION,
+            crate::GIT_COMMIT
+        );
         let readiness = Readiness::new();
         let udp_latch = readiness.latch("udp listener not bound");
         let pipeline_latch = readiness.latch("pipeline not running");
@@ -132,9 +136,19 @@ impl Daemon {
         let (sink_tx, _) = watch::channel(Arc::new(sink));
         let stop_ingest = CancellationToken::new();
         let (segments_tx, segments_rx) = mpsc::unbounded_channel();
-        let admission = Admission::new(Arc::clone(&budget), metrics.ingest(Transport::Udp), Arc::clone(&status));
+        let admission = Admission::new(
+            Arc::clone(&budget),
+            metrics.ingest(Transport::Udp),
+            Arc::clone(&status),
+        );
         let socket = udp::bind(&config.udp_address, config.receive_buffer_bytes)?;
-        let udp = UdpListener::start(socket, UDP_RECEIVE_WORKERS, &admission, &segments_tx, stop_ingest.child_token());
+        let udp = UdpListener::start(
+            socket,
+            UDP_RECEIVE_WORKERS,
+            &admission,
+            &segments_tx,
+            stop_ingest.child_token(),
+        );
         log_listener(&udp);
         udp_latch.release();
 
@@ -171,7 +185,9 @@ impl Daemon {
 
     /// The bound UDP address.
     pub fn udp_local_addr(&self) -> SocketAddr {
-        self.udp.local_addr().expect("a bound socket has an address")
+        self.udp
+            .local_addr()
+            .expect("a bound socket has an address")
     }
 
     /// The admin server's address.
@@ -228,7 +244,9 @@ impl Daemon {
         drop(self.segments_tx);
 
         let shutdown_timeout = self.loaded.config.shutdown_timeout;
-        let drained = tokio::time::timeout(shutdown_timeout, &mut pipeline).await.is_ok();
+        let drained = tokio::time::timeout(shutdown_timeout, &mut pipeline)
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(
                 "Shutdown timeout of {shutdown_timeout:?} reached with {} segments still held; dropping them",
@@ -287,7 +305,11 @@ impl Daemon {
             .transpose()
             .map_err(|e| e.to_string())?;
         let new_sink = if reload::sink_changed(&old, &config) {
-            Some(build_sink(&config, &self.status).await.map_err(|e| e.to_string())?)
+            Some(
+                build_sink(&config, &self.status)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
         } else {
             None
         };
@@ -306,13 +328,16 @@ impl Daemon {
                 }
             }
             if old.log_path != config.log_path || old.log_rotation != config.log_rotation {
-                if let Err(error) = log.set_destination(config.log_path.clone(), config.log_rotation) {
+                if let Err(error) =
+                    log.set_destination(config.log_path.clone(), config.log_rotation)
+                {
                     tracing::error!("Keeping the current log destination: {error}");
                 }
             }
         }
         if old.total_buffer_size_mb != config.total_buffer_size_mb {
-            self.budget.set_limit_bytes(budget::mb_to_bytes(budget_mb(&config)));
+            self.budget
+                .set_limit_bytes(budget::mb_to_bytes(budget_mb(&config)));
         }
         self.concurrency.set(config.concurrency);
         if let Some(sink) = new_sink {
@@ -332,7 +357,10 @@ impl Daemon {
                 self.retiring.spawn(previous.retire(REBIND_LINGER));
             }
             None if old.receive_buffer_bytes != config.receive_buffer_bytes => {
-                udp::set_receive_buffer(&socket2::SockRef::from(self.udp.socket()), config.receive_buffer_bytes);
+                udp::set_receive_buffer(
+                    &socket2::SockRef::from(self.udp.socket()),
+                    config.receive_buffer_bytes,
+                );
             }
             None => {}
         }
@@ -361,7 +389,9 @@ fn budget_mb(config: &Config) -> u64 {
 fn log_listener(listener: &UdpListener) {
     tracing::debug!(
         "Listening on UDP {} (receive buffer {} bytes)",
-        listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string()),
         udp::receive_buffer_size(listener.socket()).unwrap_or(0)
     );
 }
@@ -372,7 +402,10 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
             path: path.clone(),
             source,
         })?;
-        tracing::info!("Writing segments to local sink {} instead of uploading", sink.target());
+        tracing::info!(
+            "Writing segments to local sink {} instead of uploading",
+            sink.target()
+        );
         status.set_destination(Destination {
             sink: "local".into(),
             local_sink: Some(path.clone()),
@@ -380,7 +413,8 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
         });
         return Ok(Sink::Local(sink));
     }
-    let (region, source) = crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
+    let (region, source) =
+        crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
     tracing::info!("Using region: {region}");
     let endpoint = match &config.endpoint {
         Some(endpoint) => {
@@ -405,5 +439,8 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
     tokio::spawn(async move {
         status.set_credential_source(crate::aws::credential_source(&probe_config).await);
     });
-    Ok(Sink::Xray(XraySink::new(&sdk_config, config.endpoint.as_deref())))
+    Ok(Sink::Xray(XraySink::new(
+        &sdk_config,
+        config.endpoint.as_deref(),
+    )))
 }

@@ -32,17 +32,27 @@ pub struct NoRegion;
 
 /// The first two steps of the Go daemon's order: an explicit region (flag, config) wins over
 /// `AWS_REGION`.
-pub fn choose_region(configured: Option<&str>, aws_region_env: Option<&str>) -> Option<(String, RegionSource)> {
+pub fn choose_region(
+    configured: Option<&str>,
+    aws_region_env: Option<&str>,
+) -> Option<(String, RegionSource)> {
     let non_empty = |s: &&str| !s.trim().is_empty();
     configured
         .filter(non_empty)
         .map(|r| (r.to_owned(), RegionSource::Configured))
-        .or_else(|| aws_region_env.filter(non_empty).map(|r| (r.to_owned(), RegionSource::Environment)))
+        .or_else(|| {
+            aws_region_env
+                .filter(non_empty)
+                .map(|r| (r.to_owned(), RegionSource::Environment))
+        })
 }
 
 /// Resolves the region: configured, then `AWS_REGION`, then (local mode only) the SDK's
 /// environment and profile chain without instance metadata.
-pub async fn resolve_region(configured: Option<&str>, local_mode: bool) -> Result<(String, RegionSource), NoRegion> {
+pub async fn resolve_region(
+    configured: Option<&str>,
+    local_mode: bool,
+) -> Result<(String, RegionSource), NoRegion> {
     if let Some(choice) = choose_region(configured, std::env::var("AWS_REGION").ok().as_deref()) {
         tracing::debug!("Fetch region {} from {}", choice.0, choice.1.as_str());
         return Ok(choice);
@@ -93,7 +103,9 @@ pub fn credential_chain_link(var: impl Fn(&str) -> Option<String>) -> String {
         format!("shared config profile {profile}")
     } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") && set("AWS_ROLE_ARN") {
         "web identity token (IRSA)".into()
-    } else if set("AWS_CONTAINER_CREDENTIALS_FULL_URI") || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+    } else if set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    {
         "container credentials (ECS or EKS Pod Identity)".into()
     } else {
         "shared config default profile or instance metadata".into()
@@ -107,7 +119,12 @@ pub async fn credential_source(sdk_config: &SdkConfig) -> String {
     let Some(provider) = sdk_config.credentials_provider() else {
         return format!("{link}: no provider configured");
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(10), provider.provide_credentials()).await {
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        provider.provide_credentials(),
+    )
+    .await
+    {
         Ok(Ok(credentials)) => match credentials.expiry() {
             Some(expiry) => format!(
                 "{link}: resolved, expires {}",
@@ -144,26 +161,58 @@ mod tests {
     #[test]
     fn the_credential_chain_link_follows_the_chain_order() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
         };
-        assert_eq!(credential_chain_link(env(&[("AWS_ACCESS_KEY_ID", "x")])), "environment variables");
         assert_eq!(
-            credential_chain_link(env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn")])),
+            credential_chain_link(env(&[("AWS_ACCESS_KEY_ID", "x")])),
+            "environment variables"
+        );
+        assert_eq!(
+            credential_chain_link(env(&[
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_ARN", "arn")
+            ])),
             "web identity token (IRSA)"
         );
         assert_eq!(
-            credential_chain_link(env(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1")])),
+            credential_chain_link(env(&[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1"
+            )])),
             "container credentials (ECS or EKS Pod Identity)"
         );
-        assert_eq!(credential_chain_link(env(&[("AWS_PROFILE", "dev")])), "shared config profile dev");
+        assert_eq!(
+            credential_chain_link(env(&[("AWS_PROFILE", "dev")])),
+            "shared config profile dev"
+        );
     }
 
     #[test]
     fn default_endpoints_follow_the_partition() {
-        assert_eq!(default_endpoint("us-west-1"), "https://xray.us-west-1.amazonaws.com");
-        assert_eq!(default_endpoint("cn-north-1"), "https://xray.cn-north-1.amazonaws.com.cn");
-        assert_eq!(default_endpoint("us-gov-west-1"), "https://xray.us-gov-west-1.amazonaws.com");
-        assert_eq!(default_endpoint("us-iso-east-1"), "https://xray.us-iso-east-1.c2s.ic.gov");
-        assert_eq!(default_endpoint("us-isob-east-1"), "https://xray.us-isob-east-1.sc2s.sgov.gov");
+        assert_eq!(
+            default_endpoint("us-west-1"),
+            "https://xray.us-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            default_endpoint("cn-north-1"),
+            "https://xray.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            default_endpoint("us-gov-west-1"),
+            "https://xray.us-gov-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            default_endpoint("us-iso-east-1"),
+            "https://xray.us-iso-east-1.c2s.ic.gov"
+        );
+        assert_eq!(
+            default_endpoint("us-isob-east-1"),
+            "https://xray.us-isob-east-1.sc2s.sgov.gov"
+        );
     }
 }

@@ -95,7 +95,10 @@ mod tests {
         b.push(2, t0 + Duration::from_millis(900));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(b.poll_expired(t0 + Duration::from_millis(999)), None);
-        assert_eq!(b.poll_expired(t0 + Duration::from_secs(1)), Some(vec![1, 2]));
+        assert_eq!(
+            b.poll_expired(t0 + Duration::from_secs(1)),
+            Some(vec![1, 2])
+        );
         assert_eq!(b.poll_expired(t0 + Duration::from_secs(5)), None);
     }
 

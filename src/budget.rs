@@ -82,7 +82,9 @@ pub struct BudgetPermit {
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        self.budget.used_bytes.fetch_sub(self.charge, Ordering::AcqRel);
+        self.budget
+            .used_bytes
+            .fetch_sub(self.charge, Ordering::AcqRel);
         self.budget.held_segments.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -117,10 +119,13 @@ pub fn parse_meminfo_total(contents: &str) -> Option<u64> {
 
 /// Reads this process's memory limit and the host RAM, and applies [`auto_budget_mb`].
 pub fn detect_auto_budget_mb() -> u64 {
-    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .and_then(|contents| parse_cgroup_limit(&contents));
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|contents| parse_cgroup_limit(&contents));
     let host = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|contents| parse_meminfo_total(&contents))
@@ -199,7 +204,11 @@ mod tests {
         assert_eq!(auto_budget_mb(None, 16 * gib), 163);
         assert_eq!(auto_budget_mb(Some(2 * gib), 16 * gib), 20);
         assert_eq!(auto_budget_mb(Some(128 * MIB), 16 * gib), 3);
-        assert_eq!(auto_budget_mb(Some(64 * gib), 16 * gib), 163, "limit above RAM");
+        assert_eq!(
+            auto_budget_mb(Some(64 * gib), 16 * gib),
+            163,
+            "limit above RAM"
+        );
         assert_eq!(auto_budget_mb(None, 0), 3);
     }
 

@@ -40,7 +40,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut head = [0u8; 64];
     let len = stream.read(&mut head)?;
     parse_status(&head[..len]).ok_or(ProbeError::Malformed)
@@ -59,17 +62,31 @@ mod tests {
 
     #[test]
     fn urls_and_status_lines_parse() {
-        assert_eq!(split_url("http://127.0.0.1:2100/readyz").unwrap(), ("127.0.0.1:2100", "/readyz"));
+        assert_eq!(
+            split_url("http://127.0.0.1:2100/readyz").unwrap(),
+            ("127.0.0.1:2100", "/readyz")
+        );
         assert_eq!(split_url("http://[::1]:2100").unwrap(), ("[::1]:2100", "/"));
         assert!(split_url("https://x:1/").is_err());
         assert!(split_url("http://nohostport/").is_err());
-        assert_eq!(parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status(b"garbage"), None);
     }
 
     #[test]
     fn probing_a_closed_port_fails() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        assert!(probe(&format!("http://127.0.0.1:{port}/readyz"), Duration::from_secs(1)).is_err());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(probe(
+            &format!("http://127.0.0.1:{port}/readyz"),
+            Duration::from_secs(1)
+        )
+        .is_err());
     }
 }

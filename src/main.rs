@@ -50,7 +50,11 @@ fn main() -> ExitCode {
 }
 
 fn version() -> String {
-    format!("{} (commit {})", xray_daemon::VERSION, xray_daemon::GIT_COMMIT)
+    format!(
+        "{} (commit {})",
+        xray_daemon::VERSION,
+        xray_daemon::GIT_COMMIT
+    )
 }
 
 fn inputs(flags: Flags) -> ConfigInputs {
@@ -80,9 +84,12 @@ fn load_config(flags: &Flags) -> Result<Loaded, ExitCode> {
 
 fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
     let config = &loaded.config;
-    let (log_handle, level_warning) =
-        logging::init(&config.log_level, config.log_path.clone(), config.log_rotation)
-            .context("Unable to set up logging")?;
+    let (log_handle, level_warning) = logging::init(
+        &config.log_level,
+        config.log_path.clone(),
+        config.log_rotation,
+    )
+    .context("Unable to set up logging")?;
     for warning in level_warning.iter().chain(&loaded.warnings) {
         tracing::warn!("{warning}");
     }
@@ -91,7 +98,13 @@ fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("Unable to start the runtime")?;
     runtime.block_on(async {
-        let daemon = Daemon::start(inputs, loaded, Some(log_handle), prometheus::Registry::new()).await?;
+        let daemon = Daemon::start(
+            inputs,
+            loaded,
+            Some(log_handle),
+            prometheus::Registry::new(),
+        )
+        .await?;
         tokio::spawn(signals::forward_reloads(daemon.reload_sender()));
         daemon
             .run(async {

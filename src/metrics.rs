@@ -124,7 +124,10 @@ pub struct IngestCounters {
 impl IngestCounters {
     /// The counter for one rejection reason.
     pub fn rejected(&self, reason: Rejection) -> &IntCounter {
-        &self.rejected[Rejection::ALL.iter().position(|r| *r == reason).unwrap_or(0)]
+        &self.rejected[Rejection::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0)]
     }
 }
 
@@ -273,7 +276,10 @@ impl Metrics {
         config_last_reload_timestamp_seconds.set(unix_now_secs());
         register(Box::new(config_last_reload_timestamp_seconds.clone()))?;
         let build_info = IntGaugeVec::new(
-            Opts::new("xray_build_info", "Build information; the value is always 1."),
+            Opts::new(
+                "xray_build_info",
+                "Build information; the value is always 1.",
+            ),
             &["version", "commit"],
         )?;
         build_info
@@ -282,7 +288,9 @@ impl Metrics {
         register(Box::new(build_info))?;
         register(Box::new(BudgetCollector::new(budget)?))?;
         #[cfg(target_os = "linux")]
-        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         Ok(Metrics {
             registry,
@@ -316,7 +324,8 @@ impl Metrics {
         IngestCounters {
             received: self.segments_received.with_label_values(&[t]),
             received_bytes: self.received_bytes.with_label_values(&[t]),
-            rejected: Rejection::ALL.map(|r| self.segments_rejected.with_label_values(&[r.as_str()])),
+            rejected: Rejection::ALL
+                .map(|r| self.segments_rejected.with_label_values(&[r.as_str()])),
             dropped_buffer_full: self.dropped(DropReason::BufferFull),
         }
     }
@@ -328,7 +337,8 @@ impl Metrics {
 
     /// Segments X-Ray refused (non-retryable unprocessed entries).
     pub fn backend_rejected(&self) -> IntCounter {
-        self.segments_rejected.with_label_values(&["backend_rejected"])
+        self.segments_rejected
+            .with_label_values(&["backend_rejected"])
     }
 
     /// Unprocessed segments by retryability.
@@ -348,7 +358,8 @@ impl Metrics {
         self.config_reloads.with_label_values(&[result]).inc();
         self.config_last_reload_successful.set(i64::from(success));
         if success {
-            self.config_last_reload_timestamp_seconds.set(unix_now_secs());
+            self.config_last_reload_timestamp_seconds
+                .set(unix_now_secs());
         }
     }
 

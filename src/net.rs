@@ -70,9 +70,19 @@ pub fn bind(address: &str, network: Network) -> Result<Socket, BindError> {
     let error = |e: io::Error| BindError::new(network, address, &e);
     match parse_listen_address(address).map_err(error)? {
         BindTarget::Exact(addr) => new_socket(addr, network, false),
-        BindTarget::AnyAddress(port) => new_socket(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), network, true)
-            // No IPv6 on this host: serve IPv4 alone.
-            .or_else(|_| new_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), network, false)),
+        BindTarget::AnyAddress(port) => new_socket(
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            network,
+            true,
+        )
+        // No IPv6 on this host: serve IPv4 alone.
+        .or_else(|_| {
+            new_socket(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                network,
+                false,
+            )
+        }),
     }
     .map_err(error)
 }
@@ -108,9 +118,9 @@ pub fn describe(error: &io::Error) -> String {
     let text = error.to_string();
     let text = text.split(" (os error").next().unwrap_or(&text);
     let mut chars = text.chars();
-    chars
-        .next()
-        .map_or_else(String::new, |first| first.to_lowercase().chain(chars).collect())
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
 }
 
 #[cfg(test)]
@@ -119,9 +129,18 @@ mod tests {
 
     #[test]
     fn listen_addresses_parse_like_go() {
-        assert_eq!(parse_listen_address(":2000").unwrap(), BindTarget::AnyAddress(2000));
-        assert_eq!(parse_listen_address("0.0.0.0:2000").unwrap(), BindTarget::AnyAddress(2000));
-        assert_eq!(parse_listen_address("[::]:2000").unwrap(), BindTarget::AnyAddress(2000));
+        assert_eq!(
+            parse_listen_address(":2000").unwrap(),
+            BindTarget::AnyAddress(2000)
+        );
+        assert_eq!(
+            parse_listen_address("0.0.0.0:2000").unwrap(),
+            BindTarget::AnyAddress(2000)
+        );
+        assert_eq!(
+            parse_listen_address("[::]:2000").unwrap(),
+            BindTarget::AnyAddress(2000)
+        );
         assert_eq!(
             parse_listen_address("127.0.0.1:2000").unwrap(),
             BindTarget::Exact("127.0.0.1:2000".parse().unwrap())
@@ -139,7 +158,10 @@ mod tests {
         let first = bind("127.0.0.1:0", Network::Udp).unwrap();
         let address = first.local_addr().unwrap().as_socket().unwrap().to_string();
         let error = bind(&address, Network::Udp).unwrap_err();
-        assert_eq!(error.to_string(), format!("listen udp {address}: bind: address already in use"));
+        assert_eq!(
+            error.to_string(),
+            format!("listen udp {address}: bind: address already in use")
+        );
     }
 
     #[test]

@@ -81,13 +81,19 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
             changed.push(key);
         }
     };
-    check("TotalBufferSizeMB", old.total_buffer_size_mb != new.total_buffer_size_mb);
+    check(
+        "TotalBufferSizeMB",
+        old.total_buffer_size_mb != new.total_buffer_size_mb,
+    );
     check("Concurrency", old.concurrency != new.concurrency);
     check("Endpoint", old.endpoint != new.endpoint);
     check("Region", old.region != new.region);
     check("Socket.UDPAddress", old.udp_address != new.udp_address);
     check("Socket.TCPAddress", old.tcp_address != new.tcp_address);
-    check("Socket.ReceiveBufferBytes", old.receive_buffer_bytes != new.receive_buffer_bytes);
+    check(
+        "Socket.ReceiveBufferBytes",
+        old.receive_buffer_bytes != new.receive_buffer_bytes,
+    );
     check("Logging.LogRotation", old.log_rotation != new.log_rotation);
     check("Logging.LogLevel", old.log_level != new.log_level);
     check("Logging.LogPath", old.log_path != new.log_path);
@@ -98,8 +104,14 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     check("ProxyAddress", old.proxy_address != new.proxy_address);
     check("LocalSink", old.local_sink != new.local_sink);
     check("Admin.Address", old.admin_address != new.admin_address);
-    check("Admin.EnableLifecycle", old.admin_enable_lifecycle != new.admin_enable_lifecycle);
-    check("ShutdownTimeout", old.shutdown_timeout != new.shutdown_timeout);
+    check(
+        "Admin.EnableLifecycle",
+        old.admin_enable_lifecycle != new.admin_enable_lifecycle,
+    );
+    check(
+        "ShutdownTimeout",
+        old.shutdown_timeout != new.shutdown_timeout,
+    );
     changed
 }
 
@@ -161,14 +173,21 @@ impl ConfigWatcher {
             .unwrap_or_else(|| Path::new("."))
             .to_path_buf();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events_tx.send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = events_tx.send(());
+                }
+            })?;
         watcher.watch(&directory, RecursiveMode::NonRecursive)?;
         let tracker = ContentTracker::new(std::fs::read(file).ok().as_deref());
-        tokio::spawn(debounce_and_request(file.to_path_buf(), events_rx, tracker, requests, cancel));
+        tokio::spawn(debounce_and_request(
+            file.to_path_buf(),
+            events_rx,
+            tracker,
+            requests,
+            cancel,
+        ));
         Ok(ConfigWatcher { _watcher: watcher })
     }
 }
@@ -211,6 +230,9 @@ mod tests {
         assert!(!tracker.changed(Some(b"Version: 2\n")));
         assert!(tracker.changed(Some(b"Version: 2\nConcurrency: 4\n")));
         assert!(!tracker.changed(Some(b"Version: 2\nConcurrency: 4\n")));
-        assert!(tracker.changed(None), "a removed file is a change (the reload reports it)");
+        assert!(
+            tracker.changed(None),
+            "a removed file is a change (the reload reports it)"
+        );
     }
 }

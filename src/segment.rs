@@ -92,7 +92,10 @@ pub fn header_is_valid(header: &[u8]) -> bool {
     if deserializer.end().is_err() {
         return false;
     }
-    decoded.format.is_some_and(|format| fold_eq(&format, "json")) && decoded.version == Some(1)
+    decoded
+        .format
+        .is_some_and(|format| fold_eq(&format, "json"))
+        && decoded.version == Some(1)
 }
 
 /// The two header fields, as Go's decoder leaves them in a struct that starts zeroed.
@@ -277,7 +280,11 @@ mod tests {
             ("json", false),
         ];
         for (header, expected) in cases {
-            assert_eq!(header_is_valid(header.as_bytes()), *expected, "header {header:?}");
+            assert_eq!(
+                header_is_valid(header.as_bytes()),
+                *expected,
+                "header {header:?}"
+            );
         }
     }
 
@@ -290,8 +297,14 @@ mod tests {
     #[test]
     fn split_rejections_name_the_reason() {
         let header = r#"{"format":"json","version":1}"#;
-        assert_eq!(split_datagram(header.as_bytes()), Err(Rejection::MissingHeader));
-        assert_eq!(split_datagram(format!("{header}\n").as_bytes()), Err(Rejection::EmptyBody));
+        assert_eq!(
+            split_datagram(header.as_bytes()),
+            Err(Rejection::MissingHeader)
+        );
+        assert_eq!(
+            split_datagram(format!("{header}\n").as_bytes()),
+            Err(Rejection::EmptyBody)
+        );
         assert_eq!(split_datagram(b"{}\n{}"), Err(Rejection::InvalidHeader));
         assert_eq!(split_datagram(b"\n{}"), Err(Rejection::InvalidHeader));
         let mut huge = format!("{header}\n").into_bytes();
@@ -312,7 +325,10 @@ mod tests {
         for entry in entries {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             let body = split_datagram(&bytes).expect("fixture accepted");
-            assert_eq!(body, &bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]);
+            assert_eq!(
+                body,
+                &bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]
+            );
             seen += 1;
         }
         assert!(seen >= 5);

@@ -25,9 +25,10 @@ pub async fn forward_reloads(requests: mpsc::Sender<ReloadRequest>) {
 /// Waits for SIGTERM or SIGINT and returns its Go name (`terminated`, `interrupt`), which the
 /// shutdown log line prints.
 pub async fn shutdown_requested() -> &'static str {
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the default action (exit) still applies.
         return std::future::pending().await;
     };

@@ -55,7 +55,9 @@ impl Readiness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, ()>> {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -79,7 +81,10 @@ mod tests {
         let readiness = Readiness::new();
         let udp = readiness.latch("udp not bound");
         let pipeline = readiness.latch("pipeline not running");
-        assert_eq!(readiness.check(), Err(vec!["pipeline not running", "udp not bound"]));
+        assert_eq!(
+            readiness.check(),
+            Err(vec!["pipeline not running", "udp not bound"])
+        );
         udp.release();
         assert_eq!(readiness.check(), Err(vec!["pipeline not running"]));
         drop(pipeline);

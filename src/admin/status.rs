@@ -68,12 +68,14 @@ impl StatusBoard {
 
     /// Segments arrived (called once per receive batch, not per datagram).
     pub fn received_now(&self) {
-        self.last_received_unix_secs.store(now_secs(), Ordering::Relaxed);
+        self.last_received_unix_secs
+            .store(now_secs(), Ordering::Relaxed);
     }
 
     /// An upload succeeded.
     pub fn upload_succeeded(&self) {
-        self.last_upload_ok_unix_secs.store(now_secs(), Ordering::Relaxed);
+        self.last_upload_ok_unix_secs
+            .store(now_secs(), Ordering::Relaxed);
     }
 
     /// An upload failed with `message`.
@@ -111,7 +113,9 @@ impl StatusBoard {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             last_segment_received_at: rfc3339(self.last_received_unix_secs.load(Ordering::Relaxed)),
-            last_upload_succeeded_at: rfc3339(self.last_upload_ok_unix_secs.load(Ordering::Relaxed)),
+            last_upload_succeeded_at: rfc3339(
+                self.last_upload_ok_unix_secs.load(Ordering::Relaxed),
+            ),
             last_upload_error: lock(&self.last_upload_error).clone(),
             destination: lock(&self.destination).clone(),
             last_reload: lock(&self.last_reload).clone(),
@@ -135,7 +139,9 @@ pub struct Snapshot {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -150,6 +156,9 @@ mod tests {
         board.upload_failed("dispatch failure: connection refused");
         let snapshot = board.snapshot();
         assert!(snapshot.last_segment_received_at.unwrap().ends_with('Z'));
-        assert_eq!(snapshot.last_upload_error.unwrap().message, "dispatch failure: connection refused");
+        assert_eq!(
+            snapshot.last_upload_error.unwrap().message,
+            "dispatch failure: connection refused"
+        );
     }
 }

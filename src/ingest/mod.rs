@@ -46,7 +46,11 @@ pub struct Admission {
 
 impl Admission {
     /// Admission into `budget`, counting into `counters`, noting arrivals on `status`.
-    pub fn new(budget: Arc<MemoryBudget>, counters: IngestCounters, status: Arc<StatusBoard>) -> Self {
+    pub fn new(
+        budget: Arc<MemoryBudget>,
+        counters: IngestCounters,
+        status: Arc<StatusBoard>,
+    ) -> Self {
         Admission {
             budget,
             counters,
@@ -96,7 +100,12 @@ impl Admission {
         // Warn); a bounded, escaped prefix is available at debug.
         tracing::debug!(
             "Refused segment ({description}): {}",
-            datagram.iter().take(64).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect::<String>()
+            datagram
+                .iter()
+                .take(64)
+                .flat_map(|b| std::ascii::escape_default(*b))
+                .map(char::from)
+                .collect::<String>()
         );
         if let Some(suppressed) = self.warnings.should_log() {
             match refusal {
@@ -150,7 +159,14 @@ mod tests {
     fn admission(limit: usize) -> (Admission, Metrics) {
         let budget = MemoryBudget::new(limit);
         let metrics = Metrics::new(prometheus::Registry::new(), Arc::clone(&budget)).unwrap();
-        (Admission::new(budget, metrics.ingest(Transport::Udp), Arc::new(StatusBoard::new())), metrics)
+        (
+            Admission::new(
+                budget,
+                metrics.ingest(Transport::Udp),
+                Arc::new(StatusBoard::new()),
+            ),
+            metrics,
+        )
     }
 
     #[test]
@@ -164,9 +180,15 @@ mod tests {
             Err(Refusal::Rejected(Rejection::MissingHeader))
         );
         let big = [&valid[..], &[b' '; 3000]].concat();
-        assert_eq!(admission.admit_datagram(&big).map(|_| ()), Err(Refusal::BufferFull));
+        assert_eq!(
+            admission.admit_datagram(&big).map(|_| ()),
+            Err(Refusal::BufferFull)
+        );
         let text = metrics.encode_text();
-        assert!(text.contains(r#"xray_segments_received_total{transport="udp"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"xray_segments_received_total{transport="udp"} 3"#),
+            "{text}"
+        );
         assert!(text.contains(r#"xray_segments_rejected_total{reason="missing_header"} 1"#));
         assert!(text.contains(r#"xray_segments_dropped_total{reason="buffer_full"} 1"#));
         assert!(text.contains("xray_buffer_segments 1"));

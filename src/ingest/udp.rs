@@ -66,7 +66,11 @@ impl UdpListener {
                 stop.clone(),
             ));
         }
-        UdpListener { socket, stop, receivers }
+        UdpListener {
+            socket,
+            stop,
+            receivers,
+        }
     }
 
     /// The bound address.
@@ -116,7 +120,11 @@ async fn receive(
         };
         // When stopping, drain everything the kernel already holds: those datagrams were
         // accepted by the OS on our behalf.
-        let limit = if stopping { usize::MAX } else { DATAGRAMS_PER_YIELD };
+        let limit = if stopping {
+            usize::MAX
+        } else {
+            DATAGRAMS_PER_YIELD
+        };
         if !drain(&socket, &mut buffer, &admission, &segments, limit) || stopping {
             return;
         }

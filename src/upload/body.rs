@@ -84,7 +84,10 @@ mod tests {
             b"\x00\x1f\x7f",
         ];
         let body = put_trace_segments_body(docs.iter().copied());
-        let expected: Vec<String> = docs.iter().map(|d| String::from_utf8(d.to_vec()).unwrap()).collect();
+        let expected: Vec<String> = docs
+            .iter()
+            .map(|d| String::from_utf8(d.to_vec()).unwrap())
+            .collect();
         assert_eq!(decoded(&body), expected);
     }
 
@@ -92,12 +95,18 @@ mod tests {
     fn invalid_utf8_becomes_one_replacement_character_per_byte() {
         // A lone continuation byte, a truncated 3-byte sequence, an encoded surrogate.
         let body = put_trace_segments_body([&b"a\x80b\xe2\x82c\xed\xa0\x80"[..]].into_iter());
-        assert_eq!(decoded(&body), vec!["a\u{fffd}b\u{fffd}\u{fffd}c\u{fffd}\u{fffd}\u{fffd}"]);
+        assert_eq!(
+            decoded(&body),
+            vec!["a\u{fffd}b\u{fffd}\u{fffd}c\u{fffd}\u{fffd}\u{fffd}"]
+        );
     }
 
     #[test]
     fn the_body_has_the_put_trace_segments_shape() {
-        assert_eq!(put_trace_segments_body(std::iter::empty()), br#"{"TraceSegmentDocuments":[]}"#);
+        assert_eq!(
+            put_trace_segments_body(std::iter::empty()),
+            br#"{"TraceSegmentDocuments":[]}"#
+        );
         assert_eq!(
             put_trace_segments_body([&b"{}"[..], b"x"].into_iter()),
             br#"{"TraceSegmentDocuments":["{}","x"]}"#

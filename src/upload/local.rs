@@ -16,7 +16,9 @@ pub struct LocalSink {
 
 impl std::fmt::Debug for LocalSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalSink").field("target", &self.target).finish()
+        f.debug_struct("LocalSink")
+            .field("target", &self.target)
+            .finish()
     }
 }
 
@@ -45,7 +47,10 @@ impl LocalSink {
         for document in documents {
             append_json_line(&mut buffer, document);
         }
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         out.write_all(&buffer)
             .and_then(|()| out.flush())
             .map_err(|e| SendFailure {
@@ -58,7 +63,11 @@ impl LocalSink {
 /// Appends `document` as one line. A raw CR or LF cannot occur inside a JSON string, so in a
 /// JSON document they are whitespace and become spaces; everything else is kept byte for byte.
 fn append_json_line(out: &mut Vec<u8>, document: &[u8]) {
-    out.extend(document.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    out.extend(
+        document
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
     out.push(b'\n');
 }
 

@@ -221,7 +221,9 @@ impl Uploader {
                 }
             };
             let elapsed = started.elapsed();
-            metrics.upload_duration_seconds.observe(elapsed.as_secs_f64());
+            metrics
+                .upload_duration_seconds
+                .observe(elapsed.as_secs_f64());
             let failure = match result {
                 Ok(unprocessed) => {
                     metrics.upload_request(UploadOutcome::Ok).inc();
@@ -241,14 +243,20 @@ impl Uploader {
                     error.failure
                 }
             };
-            match self.policy.next(&failure, attempt, first_attempt.elapsed(), fastrand::f64()) {
+            match self
+                .policy
+                .next(&failure, attempt, first_attempt.elapsed(), fastrand::f64())
+            {
                 Next::RetryAfter(delay) => {
                     tracing::debug!(
                         "Retrying batch of {} segments in {:.3} seconds (attempt {attempt})",
                         pending.len(),
                         delay.as_secs_f64()
                     );
-                    if tokio::time::timeout(delay, self.abort.cancelled()).await.is_ok() {
+                    if tokio::time::timeout(delay, self.abort.cancelled())
+                        .await
+                        .is_ok()
+                    {
                         self.drop_at_shutdown(pending.len());
                         break;
                     }
@@ -269,12 +277,20 @@ impl Uploader {
 
     /// Counts a successful call's segments as sent, rejected or to be retried, logs like the
     /// Go daemon, and returns the segments to send again.
-    fn settle(&self, batch: Vec<Segment>, unprocessed: &[Unprocessed], elapsed: Duration) -> Vec<Segment> {
+    fn settle(
+        &self,
+        batch: Vec<Segment>,
+        unprocessed: &[Unprocessed],
+        elapsed: Duration,
+    ) -> Vec<Segment> {
         let metrics = &self.metrics;
         let seconds = elapsed.as_secs_f64();
         if unprocessed.is_empty() {
             metrics.segments_sent.inc_by(batch.len() as u64);
-            tracing::info!("Successfully sent batch of {} segments ({seconds:.3} seconds)", batch.len());
+            tracing::info!(
+                "Successfully sent batch of {} segments ({seconds:.3} seconds)",
+                batch.len()
+            );
             return Vec::new();
         }
         tracing::info!(
@@ -322,7 +338,10 @@ struct UnprocessedDecision {
 
 /// Maps unprocessed entries to batch segments by id. A retryable entry whose segment is found
 /// is retried; anything else (non-retryable, no id, an id not in the batch) is rejected.
-fn decide_unprocessed<D: AsRef<[u8]>>(batch: &[D], unprocessed: &[Unprocessed]) -> UnprocessedDecision {
+fn decide_unprocessed<D: AsRef<[u8]>>(
+    batch: &[D],
+    unprocessed: &[Unprocessed],
+) -> UnprocessedDecision {
     // Parsing documents is only needed here, on the rare batch with unprocessed segments.
     let by_id: HashMap<String, usize> = batch
         .iter()
@@ -347,7 +366,11 @@ fn decide_unprocessed<D: AsRef<[u8]>>(batch: &[D], unprocessed: &[Unprocessed]) 
         entry_retried.push(retried);
     }
     let rejected = (unprocessed.len() - retry.len()).min(batch.len() - retry.len());
-    UnprocessedDecision { retry, rejected, entry_retried }
+    UnprocessedDecision {
+        retry,
+        rejected,
+        entry_retried,
+    }
 }
 
 /// The top-level `id` of a segment document, if it is JSON with one.
@@ -404,7 +427,10 @@ mod tests {
         let batch = [r#"{"id":"a"}"#];
         let decision = decide_unprocessed(
             &batch,
-            &[entry(Some("a"), "ThrottledException"), entry(Some("a"), "ThrottledException")],
+            &[
+                entry(Some("a"), "ThrottledException"),
+                entry(Some("a"), "ThrottledException"),
+            ],
         );
         assert_eq!(decision.retry, vec![0]);
         assert_eq!(decision.rejected, 0);
@@ -412,7 +438,10 @@ mod tests {
 
     #[test]
     fn document_ids_are_read_from_the_top_level_only() {
-        assert_eq!(document_id(br#"{"name":"x","id":"abc","subsegments":[{"id":"z"}]}"#), Some("abc".into()));
+        assert_eq!(
+            document_id(br#"{"name":"x","id":"abc","subsegments":[{"id":"z"}]}"#),
+            Some("abc".into())
+        );
         assert_eq!(document_id(b"{\"subsegments\":[{\"id\":\"z\"}]}"), None);
         assert_eq!(document_id(b"garbage"), None);
     }

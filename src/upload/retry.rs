@@ -39,7 +39,11 @@ impl Failure {
     pub fn outcome(&self) -> UploadOutcome {
         match self {
             Failure::Http { status, code } => {
-                if *status == 429 || code.as_deref().is_some_and(|c| THROTTLING_CODES.contains(&c)) {
+                if *status == 429
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| THROTTLING_CODES.contains(&c))
+                {
                     UploadOutcome::Throttled
                 } else if *status >= 500 {
                     UploadOutcome::Http5xx
@@ -131,18 +135,37 @@ mod tests {
     use super::*;
 
     fn http(status: u16, code: Option<&str>) -> Failure {
-        Failure::Http { status, code: code.map(str::to_owned) }
+        Failure::Http {
+            status,
+            code: code.map(str::to_owned),
+        }
     }
 
     #[test]
     fn failures_are_classified_like_the_telemetry_buckets() {
         let table = [
-            (http(400, Some("ThrottlingException")), UploadOutcome::Throttled, true),
+            (
+                http(400, Some("ThrottlingException")),
+                UploadOutcome::Throttled,
+                true,
+            ),
             (http(429, None), UploadOutcome::Throttled, true),
-            (http(503, Some("ServiceUnavailable")), UploadOutcome::Http5xx, true),
+            (
+                http(503, Some("ServiceUnavailable")),
+                UploadOutcome::Http5xx,
+                true,
+            ),
             (http(500, None), UploadOutcome::Http5xx, true),
-            (http(400, Some("InvalidRequestException")), UploadOutcome::Http4xx, false),
-            (http(403, Some("AccessDeniedException")), UploadOutcome::Http4xx, false),
+            (
+                http(400, Some("InvalidRequestException")),
+                UploadOutcome::Http4xx,
+                false,
+            ),
+            (
+                http(403, Some("AccessDeniedException")),
+                UploadOutcome::Http4xx,
+                false,
+            ),
             (http(408, None), UploadOutcome::Http4xx, true),
             (Failure::Timeout, UploadOutcome::Timeout, true),
             (Failure::Connection, UploadOutcome::Connection, true),
@@ -158,7 +181,10 @@ mod tests {
     fn backoff_grows_exponentially_with_full_jitter_up_to_the_cap() {
         let policy = RetryPolicy::default();
         let at = |attempt, chance| policy.next(&Failure::Timeout, attempt, Duration::ZERO, chance);
-        assert_eq!(at(1, 0.999_999), Next::RetryAfter(Duration::from_millis(100).mul_f64(0.999_999)));
+        assert_eq!(
+            at(1, 0.999_999),
+            Next::RetryAfter(Duration::from_millis(100).mul_f64(0.999_999))
+        );
         assert_eq!(at(3, 0.5), Next::RetryAfter(Duration::from_millis(200)));
         assert_eq!(at(1, 0.0), Next::RetryAfter(Duration::ZERO));
         assert_eq!(at(30, 1.0), Next::RetryAfter(Duration::from_secs(30)));

@@ -140,7 +140,11 @@ pub fn user_agent_token(version: &str, execution_env: Option<&str>) -> String {
 /// Unix time with exactly nine decimals, as in `X-Amzn-Xray-Timestamp`.
 pub fn xray_timestamp(now: SystemTime) -> String {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:09}", since_epoch.as_secs(), since_epoch.subsec_nanos())
+    format!(
+        "{}.{:09}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos()
+    )
 }
 
 /// Adds the Go daemon's `X-Amzn-Xray-Timestamp` header and User-Agent token.
@@ -199,7 +203,10 @@ mod tests {
     #[test]
     fn user_agent_token_has_the_go_daemon_shape() {
         let token = user_agent_token("1.2.3", None);
-        assert!(token.starts_with("xray-agent/xray-daemon/1.2.3 exec-env/UNKNOWN OS/linux-"), "{token}");
+        assert!(
+            token.starts_with("xray-agent/xray-daemon/1.2.3 exec-env/UNKNOWN OS/linux-"),
+            "{token}"
+        );
         assert!(user_agent_token("1", Some("AWS_ECS_FARGATE")).contains("exec-env/AWS_ECS_FARGATE"));
     }
 
@@ -207,6 +214,9 @@ mod tests {
     fn timestamp_has_nine_decimals() {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         assert_eq!(xray_timestamp(t), "1700000000.123456789");
-        assert_eq!(xray_timestamp(UNIX_EPOCH + Duration::from_secs(5)), "5.000000000");
+        assert_eq!(
+            xray_timestamp(UNIX_EPOCH + Duration::from_secs(5)),
+            "5.000000000"
+        );
     }
 }

@@ -110,7 +110,12 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let signature_ok = verify_sigv4(&method, &uri, &headers, &body);
     let reply = {
         let mut recorded = state.lock().unwrap();
@@ -164,7 +169,10 @@ fn error(status: u16, code: &str) -> Response {
     let body = serde_json::json!({ "__type": code, "message": "scripted failure" }).to_string();
     (
         StatusCode::from_u16(status).unwrap(),
-        [("content-type", "application/x-amz-json-1.1"), ("x-amzn-errortype", code)],
+        [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amzn-errortype", code),
+        ],
         body,
     )
         .into_response()
@@ -181,9 +189,11 @@ fn verify_sigv4(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
             .find_map(|part| part.trim().strip_prefix(name))
             .map(str::to_owned)
     };
-    let (Some(credential), Some(signed_headers), Some(signature)) =
-        (field("Credential="), field("SignedHeaders="), field("Signature="))
-    else {
+    let (Some(credential), Some(signed_headers), Some(signature)) = (
+        field("Credential="),
+        field("SignedHeaders="),
+        field("Signature="),
+    ) else {
         return false;
     };
     let scope: Vec<&str> = credential.split('/').collect();
@@ -202,7 +212,10 @@ fn verify_sigv4(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
         .filter(|name| !matches!(*name, "x-amz-date" | "x-amz-security-token"))
         .filter_map(|name| Some((name, headers.get(name)?.to_str().ok()?)))
         .collect();
-    let token = headers.get("x-amz-security-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let token = headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let identity = Credentials::new(ACCESS_KEY, SECRET_KEY, token, None, "fake").into();
     let mut settings = SigningSettings::default();
     settings.excluded_headers = None;

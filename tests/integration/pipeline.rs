@@ -7,13 +7,17 @@ use std::time::{Duration, Instant};
 use crate::{args_for, datagram, eventually, send_paced, with, FakeXray, Reply, Running};
 
 fn fixtures() -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sdk-datagrams");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sdk-datagrams");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("fixtures at {}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
         .collect();
     files.sort();
-    files.into_iter().map(|path| std::fs::read(path).unwrap()).collect()
+    files
+        .into_iter()
+        .map(|path| std::fs::read(path).unwrap())
+        .collect()
 }
 
 fn body_of(datagram: &[u8]) -> &[u8] {
@@ -23,7 +27,12 @@ fn body_of(datagram: &[u8]) -> &[u8] {
 fn ids(documents: &[String]) -> Vec<String> {
     documents
         .iter()
-        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap()["id"].as_str().unwrap().to_owned())
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -34,16 +43,25 @@ async fn every_captured_sdk_datagram_arrives_byte_identical_and_signed() {
     let datagrams = fixtures();
     send_paced(daemon.udp, &datagrams, 1000).await;
 
-    let documents = fake.wait_for_documents(datagrams.len(), Duration::from_secs(5)).await;
+    let documents = fake
+        .wait_for_documents(datagrams.len(), Duration::from_secs(5))
+        .await;
     let mut received: Vec<&[u8]> = documents.iter().map(|d| d.as_bytes()).collect();
     let mut expected: Vec<&[u8]> = datagrams.iter().map(|d| body_of(d)).collect();
     received.sort();
     expected.sort();
     assert_eq!(received, expected);
-    assert_eq!(fake.bad_signatures(), 0, "every request must carry a valid SigV4 signature");
+    assert_eq!(
+        fake.bad_signatures(),
+        0,
+        "every request must carry a valid SigV4 signature"
+    );
     let user_agent = &fake.user_agents()[0];
     assert!(
-        user_agent.contains(&format!("xray-agent/xray-daemon/{} exec-env/", xray_daemon::VERSION)),
+        user_agent.contains(&format!(
+            "xray-agent/xray-daemon/{} exec-env/",
+            xray_daemon::VERSION
+        )),
         "{user_agent}"
     );
     let timestamp = &fake.timestamps()[0];
@@ -56,21 +74,37 @@ async fn every_captured_sdk_datagram_arrives_byte_identical_and_signed() {
 async fn ten_thousand_datagrams_arrive_once_each() {
     let fake = FakeXray::start().await;
     let daemon = Running::start(args_for(&fake)).await;
-    let datagrams: Vec<Vec<u8>> = (0..10_000).map(|i| datagram(&format!("{i:016x}"), 300)).collect();
+    let datagrams: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| datagram(&format!("{i:016x}"), 300))
+        .collect();
     // Paced so that a loaded machine's scheduling stalls stay within the socket buffer: this
     // test is about the daemon losing nothing; rates are the benchmark's business.
     send_paced(daemon.udp, &datagrams, 5_000).await;
 
-    let documents = fake.wait_for_documents(10_000, Duration::from_secs(20)).await;
+    let documents = fake
+        .wait_for_documents(10_000, Duration::from_secs(20))
+        .await;
     let ids = ids(&documents);
     let unique: HashSet<&String> = ids.iter().collect();
-    assert_eq!(daemon.total("xray_segments_received_total"), 10_000, "kernel drops on loopback?");
+    assert_eq!(
+        daemon.total("xray_segments_received_total"),
+        10_000,
+        "kernel drops on loopback?"
+    );
     assert_eq!(ids.len(), 10_000, "delivered");
     assert_eq!(unique.len(), 10_000, "no duplicates");
-    assert!(fake.requests() >= 200, "batches of at most 50: {} requests", fake.requests());
+    assert!(
+        fake.requests() >= 200,
+        "batches of at most 50: {} requests",
+        fake.requests()
+    );
     assert_eq!(daemon.total("xray_segments_sent_total"), 10_000);
-    assert!(eventually(Duration::from_secs(2), || daemon.budget.held_segments() == 0).await);
-    daemon.assert_accounting_identity();
+    assert!(
+        eventually(Duration::from_secs(2), || daemon.budget.held_segments()
+            == 0)
+        .await
+    );
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
@@ -99,11 +133,23 @@ async fn invalid_datagrams_are_counted_by_reason_and_valid_ones_still_flow() {
         datagram("good", 100),
     ];
     send_paced(daemon.udp, &junk, 1000).await;
-    assert_eq!(ids(&fake.wait_for_documents(1, Duration::from_secs(3)).await), ["good"]);
-    assert_eq!(daemon.series(r#"xray_segments_rejected_total{reason="missing_header"}"#), 1);
-    assert_eq!(daemon.series(r#"xray_segments_rejected_total{reason="empty_body"}"#), 1);
-    assert_eq!(daemon.series(r#"xray_segments_rejected_total{reason="invalid_header"}"#), 2);
-    daemon.assert_accounting_identity();
+    assert_eq!(
+        ids(&fake.wait_for_documents(1, Duration::from_secs(3)).await),
+        ["good"]
+    );
+    assert_eq!(
+        daemon.series(r#"xray_segments_rejected_total{reason="missing_header"}"#),
+        1
+    );
+    assert_eq!(
+        daemon.series(r#"xray_segments_rejected_total{reason="empty_body"}"#),
+        1
+    );
+    assert_eq!(
+        daemon.series(r#"xray_segments_rejected_total{reason="invalid_header"}"#),
+        2
+    );
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
@@ -113,22 +159,39 @@ async fn a_flood_past_the_budget_is_dropped_counted_and_bounded() {
     // The backend stalls, so nothing leaves while the flood arrives.
     fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_secs(3)), 8));
     let daemon = Running::start(with(args_for(&fake), &["-m", "3"])).await;
-    let datagrams: Vec<Vec<u8>> = (0..6_000).map(|i| datagram(&format!("{i:016x}"), 1000)).collect();
+    let datagrams: Vec<Vec<u8>> = (0..6_000)
+        .map(|i| datagram(&format!("{i:016x}"), 1000))
+        .collect();
     send_paced(daemon.udp, &datagrams, 30_000).await;
 
-    assert!(eventually(Duration::from_secs(2), || daemon.total("xray_segments_received_total") == 6_000).await);
+    assert!(
+        eventually(Duration::from_secs(2), || daemon
+            .total("xray_segments_received_total")
+            == 6_000)
+        .await
+    );
     let dropped = daemon.series(r#"xray_segments_dropped_total{reason="buffer_full"}"#);
-    assert!(dropped > 2_000, "3 MB holds about 2,900 such segments; dropped {dropped}");
+    assert!(
+        dropped > 2_000,
+        "3 MB holds about 2,900 such segments; dropped {dropped}"
+    );
     assert!(daemon.budget.used_bytes() <= daemon.budget.limit_bytes());
-    daemon.assert_accounting_identity();
+    daemon.assert_accounting_identity().await;
 
     // When the backend recovers, everything held is delivered, and new segments flow at once.
     let held = daemon.budget.held_segments();
-    let delivered = fake.wait_for_documents(held, Duration::from_secs(15)).await.len();
+    let delivered = fake
+        .wait_for_documents(held, Duration::from_secs(15))
+        .await
+        .len();
     assert_eq!(delivered, held);
     send_paced(daemon.udp, &[datagram("after-flood", 100)], 1000).await;
-    assert!(eventually(Duration::from_secs(3), || ids(&fake.documents()).contains(&"after-flood".to_string())).await);
-    daemon.assert_accounting_identity();
+    assert!(
+        eventually(Duration::from_secs(3), || ids(&fake.documents())
+            .contains(&"after-flood".to_string()))
+        .await
+    );
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
@@ -148,10 +211,16 @@ async fn throttling_and_outages_are_retried_until_everything_arrives_once() {
     let documents = fake.wait_for_documents(200, Duration::from_secs(15)).await;
     let unique: HashSet<String> = ids(&documents).into_iter().collect();
     assert_eq!((documents.len(), unique.len()), (200, 200));
-    assert_eq!(daemon.series(r#"xray_upload_requests_total{outcome="throttled"}"#), 2);
-    assert_eq!(daemon.series(r#"xray_upload_requests_total{outcome="http_5xx"}"#), 2);
+    assert_eq!(
+        daemon.series(r#"xray_upload_requests_total{outcome="throttled"}"#),
+        2
+    );
+    assert_eq!(
+        daemon.series(r#"xray_upload_requests_total{outcome="http_5xx"}"#),
+        2
+    );
     assert_eq!(daemon.total("xray_segments_dropped_total"), 0);
-    daemon.assert_accounting_identity();
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
@@ -167,8 +236,11 @@ async fn a_non_retryable_rejection_drops_the_batch_and_counts_it() {
         })
         .await
     );
-    assert_eq!(daemon.series(r#"xray_upload_requests_total{outcome="http_4xx"}"#), 1);
-    daemon.assert_accounting_identity();
+    assert_eq!(
+        daemon.series(r#"xray_upload_requests_total{outcome="http_4xx"}"#),
+        1
+    );
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
@@ -181,32 +253,63 @@ async fn unprocessed_segments_are_resent_when_retryable_and_rejected_otherwise()
         Reply::Unprocessed(vec!["u2".into()], "InvalidSegment"),
     ]);
     let daemon = Running::start(args_for(&fake)).await;
-    send_paced(daemon.udp, &[datagram("u1", 100), datagram("u3", 100)], 1000).await;
+    send_paced(
+        daemon.udp,
+        &[datagram("u1", 100), datagram("u3", 100)],
+        1000,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     send_paced(daemon.udp, &[datagram("u2", 100)], 1000).await;
 
-    assert!(eventually(Duration::from_secs(5), || daemon.budget.held_segments() == 0
-        && daemon.total("xray_segments_received_total") == 3)
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || daemon.budget.held_segments()
+            == 0
+            && daemon.total("xray_segments_received_total") == 3)
+        .await
+    );
     let mut delivered = ids(&fake.documents());
     delivered.sort();
-    assert_eq!(delivered, ["u1", "u3"], "u1 re-sent once, u2 refused for good");
-    assert_eq!(daemon.series(r#"xray_segments_rejected_total{reason="backend_rejected"}"#), 1);
-    assert_eq!(daemon.series(r#"xray_segments_unprocessed_total{retryable="true"}"#), 1);
+    assert_eq!(
+        delivered,
+        ["u1", "u3"],
+        "u1 re-sent once, u2 refused for good"
+    );
+    assert_eq!(
+        daemon.series(r#"xray_segments_rejected_total{reason="backend_rejected"}"#),
+        1
+    );
+    assert_eq!(
+        daemon.series(r#"xray_segments_unprocessed_total{retryable="true"}"#),
+        1
+    );
     assert_eq!(daemon.total("xray_segments_sent_total"), 2);
-    daemon.assert_accounting_identity();
+    daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }
 
 #[tokio::test]
 async fn shutdown_flushes_everything_buffered() {
     let fake = FakeXray::start().await;
-    fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_millis(500)), 4));
+    fake.script(std::iter::repeat_n(
+        Reply::Stall(Duration::from_millis(500)),
+        4,
+    ));
     let daemon = Running::start(with(args_for(&fake), &["--concurrency", "2"])).await;
-    let datagrams: Vec<Vec<u8>> = (0..1_000).map(|i| datagram(&format!("s{i}"), 500)).collect();
+    let datagrams: Vec<Vec<u8>> = (0..1_000)
+        .map(|i| datagram(&format!("s{i}"), 500))
+        .collect();
     send_paced(daemon.udp, &datagrams, 50_000).await;
-    assert!(eventually(Duration::from_secs(2), || daemon.total("xray_segments_received_total") == 1_000).await);
-    assert!(daemon.budget.held_segments() > 0, "the stalled backend keeps segments buffered");
+    assert!(
+        eventually(Duration::from_secs(2), || daemon
+            .total("xray_segments_received_total")
+            == 1_000)
+        .await
+    );
+    assert!(
+        daemon.budget.held_segments() > 0,
+        "the stalled backend keeps segments buffered"
+    );
 
     let summary = daemon.shutdown().await;
     assert!(summary.drained);
@@ -218,18 +321,29 @@ async fn shutdown_flushes_everything_buffered() {
 #[tokio::test]
 async fn what_the_shutdown_deadline_cuts_off_is_counted_as_dropped() {
     let fake = FakeXray::start().await;
-    fake.script(std::iter::repeat_n(Reply::Stall(Duration::from_secs(30)), 50));
+    fake.script(std::iter::repeat_n(
+        Reply::Stall(Duration::from_secs(30)),
+        50,
+    ));
     let daemon = Running::start(with(args_for(&fake), &["--shutdown-timeout", "500ms"])).await;
     let datagrams: Vec<Vec<u8>> = (0..300).map(|i| datagram(&format!("d{i}"), 200)).collect();
     send_paced(daemon.udp, &datagrams, 30_000).await;
-    assert!(eventually(Duration::from_secs(2), || daemon.total("xray_segments_received_total") == 300).await);
+    assert!(
+        eventually(Duration::from_secs(2), || daemon
+            .total("xray_segments_received_total")
+            == 300)
+        .await
+    );
 
     let metrics = daemon.metrics.clone();
     let budget = daemon.budget.clone();
     let started = Instant::now();
     let summary = daemon.shutdown().await;
     assert!(!summary.drained);
-    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the deadline"
+    );
     assert_eq!(budget.held_segments(), 0);
     assert_eq!(metrics.total("xray_segments_dropped_total"), 300);
     assert_eq!(metrics.total("xray_segments_sent_total"), 0);
