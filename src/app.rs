@@ -413,6 +413,18 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
         });
         return Ok(Sink::Local(sink));
     }
+    for (key, set) in [
+        ("RoleARN", config.role_arn.is_some()),
+        ("ProxyAddress", config.proxy_address.is_some()),
+        ("NoVerifySSL", config.no_verify_ssl),
+    ] {
+        if set {
+            tracing::warn!(
+                "{key} is accepted but not yet applied by this version: uploads use the default \
+                 credentials chain and a direct connection"
+            );
+        }
+    }
     let (region, source) =
         crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
     tracing::info!("Using region: {region}");
