@@ -79,6 +79,7 @@ pub struct Daemon {
     admission: Admission,
     concurrency: Arc<Concurrency>,
     sink_tx: watch::Sender<Arc<Sink>>,
+    retry_policy: watch::Sender<RetryPolicy>,
     udp: UdpListener,
     retiring: JoinSet<()>,
     segments_tx: mpsc::UnboundedSender<Segment>,
@@ -170,6 +171,7 @@ impl Daemon {
             admission,
             concurrency: Concurrency::new(config.concurrency),
             sink_tx,
+            retry_policy: watch::Sender::new(retry_policy(&config)),
             udp,
             retiring: JoinSet::new(),
             segments_tx,
@@ -218,7 +220,7 @@ impl Daemon {
         let uploader = Uploader::new(
             self.sink_tx.subscribe(),
             Arc::clone(&self.concurrency),
-            RetryPolicy::default(),
+            self.retry_policy.subscribe(),
             self.metrics.clone(),
             Arc::clone(&self.status),
             abort_uploads.clone(),
@@ -340,6 +342,7 @@ impl Daemon {
                 .set_limit_bytes(budget::mb_to_bytes(budget_mb(&config)));
         }
         self.concurrency.set(config.concurrency);
+        self.retry_policy.send_replace(retry_policy(&config));
         if let Some(sink) = new_sink {
             self.sink_tx.send_replace(Arc::new(sink));
         }
@@ -376,6 +379,13 @@ impl Daemon {
         } else {
             format!("changed {}", changed.join(", "))
         })
+    }
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy {
+        max_age: config.retry_max_age,
+        ..RetryPolicy::default()
     }
 }
 

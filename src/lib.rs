@@ -17,6 +17,7 @@
 //! - [`reload`]: reload triggers (SIGHUP, HTTP, a watched config file) and what changed.
 //! - [`net`]: listen addresses and binding (dual-stack wildcards).
 //! - [`app`]: the daemon assembled: start (bind everything), run, ordered shutdown.
+//! - [`telemetry`]: the daemon's own X-Ray telemetry (`PutTelemetryRecords`).
 //! - [`signals`], [`healthcheck`]: process signals; the `xray healthcheck` probe.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod net;
 pub mod reload;
 pub mod segment;
 pub mod signals;
+pub mod telemetry;
 pub mod upload;
 
 /// This build's version.

@@ -124,6 +124,8 @@ pub fn sink_changed(old: &Config, new: &Config) -> bool {
         || old.proxy_address != new.proxy_address
         || old.no_verify_ssl != new.no_verify_ssl
         || old.local_sink != new.local_sink
+        || old.role_external_id != new.role_external_id
+        || old.role_session_name != new.role_session_name
 }
 
 /// Remembers the last content seen, so unchanged rewrites do not cause reloads.

@@ -501,6 +501,10 @@ fn validate(
         admin_address: m.address(AdminAddress)?,
         admin_enable_lifecycle: m.flag(AdminEnableLifecycle),
         shutdown_timeout: m.duration(ShutdownTimeout),
+        retry_max_age: m.duration(RetryMaxAge),
+        role_external_id: m.optional(RoleExternalId),
+        role_session_name: m.text(RoleSessionName),
+        disable_telemetry: m.flag(DisableTelemetry),
     })
 }
 
@@ -607,6 +611,10 @@ fn describe_line(
         Value::Int(n) => serde_yaml::Value::from(n),
         Value::Bool(b) => serde_yaml::Value::from(b),
         Value::Str(s) if id == OptionId::ProxyAddress => serde_yaml::Value::from(redact_url(&s)),
+        // An external ID is a shared secret between accounts: show only that one is set.
+        Value::Str(s) if id == OptionId::RoleExternalId && !s.is_empty() => {
+            serde_yaml::Value::from("***")
+        }
         other => serde_yaml::Value::from(other.to_string()),
     };
     let text = serde_yaml::to_string(&scalar).unwrap_or_default();
@@ -651,6 +659,10 @@ fn effective_value(config: &Config, id: OptionId) -> Value {
         AdminAddress => Value::Str(config.admin_address.clone()),
         AdminEnableLifecycle => Value::Bool(config.admin_enable_lifecycle),
         ShutdownTimeout => Value::Duration(config.shutdown_timeout),
+        RetryMaxAge => Value::Duration(config.retry_max_age),
+        RoleExternalId => text(&config.role_external_id),
+        RoleSessionName => Value::Str(config.role_session_name.clone()),
+        DisableTelemetry => Value::Bool(config.disable_telemetry),
     }
 }
 

@@ -65,6 +65,15 @@ pub struct Config {
     pub admin_enable_lifecycle: bool,
     /// `ShutdownTimeout` / `--shutdown-timeout`: how long a shutdown may spend flushing.
     pub shutdown_timeout: Duration,
+    /// `RetryMaxAge` / `--retry-max-age`: how long a failed batch is retried before it is
+    /// dropped (`expired`).
+    pub retry_max_age: Duration,
+    /// `RoleExternalId` / `--role-external-id`: the external ID for assuming `RoleARN`.
+    pub role_external_id: Option<String>,
+    /// `RoleSessionName` / `--role-session-name`: the session name for assuming `RoleARN`.
+    pub role_session_name: String,
+    /// `DisableTelemetry` / `--disable-telemetry`: do not send `PutTelemetryRecords`.
+    pub disable_telemetry: bool,
 }
 
 /// Where one effective value came from.

@@ -48,6 +48,14 @@ pub enum OptionId {
     AdminEnableLifecycle,
     /// `ShutdownTimeout`
     ShutdownTimeout,
+    /// `RetryMaxAge`
+    RetryMaxAge,
+    /// `RoleExternalId`
+    RoleExternalId,
+    /// `RoleSessionName`
+    RoleSessionName,
+    /// `DisableTelemetry`
+    DisableTelemetry,
 }
 
 /// The type of an option's value, which decides how text and YAML are parsed.
@@ -277,6 +285,46 @@ pub const OPTIONS: &[OptionSpec] = &[
         kind: Kind::Duration,
         default: "25s",
         usage: "Longest time a shutdown may spend flushing buffered segments, e.g. 25s or 1m30s (default 25s).",
+    },
+    OptionSpec {
+        id: OptionId::RetryMaxAge,
+        key: "RetryMaxAge",
+        short: None,
+        long: "retry-max-age",
+        env: "XRAY_RETRY_MAX_AGE",
+        kind: Kind::Duration,
+        default: "5m",
+        usage: "How long a batch that failed to upload is retried before it is dropped (default 5m).",
+    },
+    OptionSpec {
+        id: OptionId::RoleExternalId,
+        key: "RoleExternalId",
+        short: None,
+        long: "role-external-id",
+        env: "XRAY_ROLE_EXTERNAL_ID",
+        kind: Kind::String,
+        default: "",
+        usage: "External ID to pass when assuming the role given with -r.",
+    },
+    OptionSpec {
+        id: OptionId::RoleSessionName,
+        key: "RoleSessionName",
+        short: None,
+        long: "role-session-name",
+        env: "XRAY_ROLE_SESSION_NAME",
+        kind: Kind::String,
+        default: "xray-daemon",
+        usage: "Session name used when assuming the role given with -r (default xray-daemon).",
+    },
+    OptionSpec {
+        id: OptionId::DisableTelemetry,
+        key: "DisableTelemetry",
+        short: None,
+        long: "disable-telemetry",
+        env: "XRAY_DISABLE_TELEMETRY",
+        kind: Kind::Bool,
+        default: "false",
+        usage: "Do not send the daemon's own telemetry to X-Ray (PutTelemetryRecords).",
     },
 ];
 
@@ -521,6 +569,10 @@ mod tests {
             OptionId::AdminAddress,
             OptionId::AdminEnableLifecycle,
             OptionId::ShutdownTimeout,
+            OptionId::RetryMaxAge,
+            OptionId::RoleExternalId,
+            OptionId::RoleSessionName,
+            OptionId::DisableTelemetry,
         ];
         assert_eq!(ids.len(), OPTIONS.len());
         for id in ids {

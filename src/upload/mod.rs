@@ -108,7 +108,7 @@ impl Concurrency {
 pub struct Uploader {
     sink: watch::Receiver<Arc<Sink>>,
     concurrency: Arc<Concurrency>,
-    policy: RetryPolicy,
+    policy: watch::Receiver<RetryPolicy>,
     metrics: Metrics,
     status: Arc<StatusBoard>,
     abort: CancellationToken,
@@ -121,7 +121,7 @@ impl Uploader {
     pub fn new(
         sink: watch::Receiver<Arc<Sink>>,
         concurrency: Arc<Concurrency>,
-        policy: RetryPolicy,
+        policy: watch::Receiver<RetryPolicy>,
         metrics: Metrics,
         status: Arc<StatusBoard>,
         abort: CancellationToken,
@@ -243,10 +243,8 @@ impl Uploader {
                     error.failure
                 }
             };
-            match self
-                .policy
-                .next(&failure, attempt, first_attempt.elapsed(), fastrand::f64())
-            {
+            let policy = *self.policy.borrow();
+            match policy.next(&failure, attempt, first_attempt.elapsed(), fastrand::f64()) {
                 Next::RetryAfter(delay) => {
                     tracing::debug!(
                         "Retrying batch of {} segments in {:.3} seconds (attempt {attempt})",

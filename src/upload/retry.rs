@@ -17,7 +17,11 @@ pub enum Failure {
     },
     /// No response in time.
     Timeout,
-    /// The connection could not be made or broke.
+    /// The endpoint refused the connection.
+    ConnectionRefused,
+    /// The endpoint's name did not resolve.
+    UnknownHost,
+    /// The connection could not be made or broke otherwise.
     Connection,
     /// Anything else (credentials unavailable, a malformed response, ...).
     Other,
@@ -54,7 +58,9 @@ impl Failure {
                 }
             }
             Failure::Timeout => UploadOutcome::Timeout,
-            Failure::Connection => UploadOutcome::Connection,
+            Failure::ConnectionRefused | Failure::UnknownHost | Failure::Connection => {
+                UploadOutcome::Connection
+            }
             Failure::Other => UploadOutcome::Other,
             Failure::Unprocessed => UploadOutcome::Ok,
         }
@@ -68,6 +74,25 @@ impl Failure {
             _ => self.outcome() != UploadOutcome::Http4xx,
         }
     }
+}
+
+/// Classifies a transport failure from its error chain: refused connections and failed name
+/// lookups are told apart because X-Ray telemetry counts them separately.
+pub fn connection_failure(error: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Failure::ConnectionRefused;
+            }
+        }
+        let text = cause.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return Failure::UnknownHost;
+        }
+        source = cause.source();
+    }
+    Failure::Connection
 }
 
 /// Whether an unprocessed-segment error code is worth sending again.
@@ -169,6 +194,8 @@ mod tests {
             (http(408, None), UploadOutcome::Http4xx, true),
             (Failure::Timeout, UploadOutcome::Timeout, true),
             (Failure::Connection, UploadOutcome::Connection, true),
+            (Failure::ConnectionRefused, UploadOutcome::Connection, true),
+            (Failure::UnknownHost, UploadOutcome::Connection, true),
             (Failure::Other, UploadOutcome::Other, true),
         ];
         for (failure, outcome, retryable) in table {
@@ -201,6 +228,23 @@ mod tests {
             policy.next(&Failure::Timeout, 12, Duration::from_secs(299), 0.9),
             Next::GiveUp(DropReason::Expired)
         );
+    }
+
+    #[test]
+    fn connection_failures_are_told_apart_by_their_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dispatch failure")]
+        struct Wrapper(#[source] Box<dyn std::error::Error + Send + Sync>);
+        let refused = Wrapper(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(connection_failure(&refused), Failure::ConnectionRefused);
+        let dns = Wrapper("dns error: failed to lookup address information".into());
+        assert_eq!(connection_failure(&dns), Failure::UnknownHost);
+        let reset = Wrapper(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(connection_failure(&reset), Failure::Connection);
     }
 
     #[test]

@@ -52,6 +52,12 @@ impl XraySink {
         }
     }
 
+    /// The X-Ray client (same credentials, region, endpoint and transport as uploads), for
+    /// the other X-Ray calls the daemon makes, such as telemetry.
+    pub fn client(&self) -> &aws_sdk_xray::Client {
+        &self.client
+    }
+
     /// Sends one batch; returns the segments X-Ray reported as unprocessed.
     pub async fn send(&self, documents: &[&[u8]]) -> Result<Vec<Unprocessed>, SendFailure> {
         let body = Bytes::from(put_trace_segments_body(documents.iter().copied()));
@@ -97,7 +103,7 @@ where
         },
         SdkError::TimeoutError(_) => Failure::Timeout,
         SdkError::DispatchFailure(dispatch) if dispatch.is_timeout() => Failure::Timeout,
-        SdkError::DispatchFailure(dispatch) if dispatch.is_io() => Failure::Connection,
+        SdkError::DispatchFailure(_) => super::retry::connection_failure(error),
         _ => Failure::Other,
     };
     SendFailure {

@@ -1,0 +1,1 @@
+//! The daemon's own X-Ray telemetry: `PutTelemetryRecords` every minute (being written).
