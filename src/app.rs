@@ -42,6 +42,9 @@ pub enum StartError {
     /// No region for uploads.
     #[error(transparent)]
     Region(#[from] crate::aws::NoRegion),
+    /// The outbound proxy cannot be used.
+    #[error(transparent)]
+    Proxy(#[from] crate::aws::proxy::BadProxy),
     /// The local sink could not be opened.
     #[error("Unable to open local sink {path}: {source}")]
     LocalSink {
@@ -133,7 +136,8 @@ impl Daemon {
         let admin = AdminServer::spawn(admin_listener, router).map_err(StartError::Admin)?;
         tracing::info!("Starting admin server on {admin_addr}");
 
-        let sink = build_sink(&config, &status).await?;
+        let env = |name: &str| inputs.env.get(name).cloned();
+        let sink = build_sink(&config, &env, &status).await?;
         let (sink_tx, _) = watch::channel(Arc::new(sink));
         let stop_ingest = CancellationToken::new();
         let (segments_tx, segments_rx) = mpsc::unbounded_channel();
@@ -307,11 +311,9 @@ impl Daemon {
             .transpose()
             .map_err(|e| e.to_string())?;
         let new_sink = if reload::sink_changed(&old, &config) {
-            Some(
-                build_sink(&config, &self.status)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
+            let env = |name: &str| self.inputs.env.get(name).cloned();
+            let sink = build_sink(&config, &env, &self.status).await;
+            Some(sink.map_err(|e| e.to_string())?)
         } else {
             None
         };
@@ -406,7 +408,11 @@ fn log_listener(listener: &UdpListener) {
     );
 }
 
-async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, StartError> {
+async fn build_sink(
+    config: &Config,
+    env: crate::aws::Env<'_>,
+    status: &Arc<StatusBoard>,
+) -> Result<Sink, StartError> {
     if let Some(path) = &config.local_sink {
         let sink = LocalSink::open(path).map_err(|source| StartError::LocalSink {
             path: path.clone(),
@@ -423,20 +429,11 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
         });
         return Ok(Sink::Local(sink));
     }
-    for (key, set) in [
-        ("RoleARN", config.role_arn.is_some()),
-        ("ProxyAddress", config.proxy_address.is_some()),
-        ("NoVerifySSL", config.no_verify_ssl),
-    ] {
-        if set {
-            tracing::warn!(
-                "{key} is accepted but not yet applied by this version: uploads use the default \
-                 credentials chain and a direct connection"
-            );
-        }
+    if config.no_verify_ssl {
+        tracing::warn!("NoVerifySSL is accepted but not applied by this version: TLS certificates are verified");
     }
     let (region, source) =
-        crate::aws::resolve_region(config.region.as_deref(), config.local_mode).await?;
+        crate::aws::resolve_region(config.region.as_deref(), config.local_mode, env).await?;
     tracing::info!("Using region: {region}");
     let endpoint = match &config.endpoint {
         Some(endpoint) => {
@@ -448,7 +445,14 @@ async fn build_sink(config: &Config, status: &Arc<StatusBoard>) -> Result<Sink, 
             crate::aws::default_endpoint(&region)
         }
     };
-    let sdk_config = crate::aws::sdk_config(&region).await;
+    let settings = crate::aws::AwsSettings {
+        region: region.clone(),
+        proxy_address: config.proxy_address.clone(),
+        role_arn: config.role_arn.clone(),
+        role_external_id: config.role_external_id.clone(),
+        role_session_name: config.role_session_name.clone(),
+    };
+    let sdk_config = crate::aws::sdk_config(&settings, env).await?;
     status.set_destination(Destination {
         sink: "xray".into(),
         region: Some(region),

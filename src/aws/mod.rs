@@ -1,82 +1,76 @@
-//! AWS settings: which region the daemon uses (and where it came from), and the SDK
-//! configuration (credentials chain) built for it.
+//! AWS settings: the region, the outbound HTTP client (proxy), the credentials (default chain,
+//! optionally an assumed role) and the SDK configuration built from them for every AWS call.
+
+pub mod imds;
+pub mod proxy;
+pub mod region;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
 
-/// Where the region came from, for the startup log and `/debug/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionSource {
-    /// `-n`, `Region` in cfg.yaml or `XRAY_REGION`.
-    Configured,
-    /// `AWS_REGION`.
-    Environment,
-    /// Local mode: `AWS_DEFAULT_REGION` or the shared config profile.
-    SharedConfig,
+pub use region::{resolve_region, NoRegion, RegionSource};
+
+/// Reads an environment variable. Passed in rather than read globally, so tests (which share
+/// one process environment) control what each daemon sees.
+pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
+
+/// The process environment, for production callers.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
-impl RegionSource {
-    /// A short description.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RegionSource::Configured => "commandline/config file",
-            RegionSource::Environment => "environment variables",
-            RegionSource::SharedConfig => "local config",
-        }
+/// What the SDK configuration is built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// The resolved region.
+    pub region: String,
+    /// `-p`/`ProxyAddress`.
+    pub proxy_address: Option<String>,
+    /// `-r`/`RoleARN`: assume this role for every call.
+    pub role_arn: Option<String>,
+    /// `--role-external-id`.
+    pub role_external_id: Option<String>,
+    /// `--role-session-name` (default `xray-daemon`).
+    pub role_session_name: String,
+}
+
+/// The SDK configuration for `settings`: the default credentials chain (environment,
+/// profiles, SSO, web identity, container and instance credentials) through the daemon's HTTP
+/// client, and with a role, credentials from `AssumeRole` on the regional STS endpoint,
+/// cached and refreshed before they expire.
+pub async fn sdk_config(
+    settings: &AwsSettings,
+    env: Env<'_>,
+) -> Result<SdkConfig, proxy::BadProxy> {
+    let proxy = proxy::proxy_settings(settings.proxy_address.as_deref(), env);
+    if let Some(proxy) = &proxy {
+        tracing::debug!(
+            "Using proxy address: {}",
+            crate::config::redact_url(&proxy.url)
+        );
     }
-}
-
-/// No region could be found; the Go daemon's message.
-#[derive(Debug, thiserror::Error)]
-#[error("Cannot fetch region variable from config file, environment variables, ecs metadata, or ec2 metadata. Use local-mode to use the local config region.")]
-pub struct NoRegion;
-
-/// The first two steps of the Go daemon's order: an explicit region (flag, config) wins over
-/// `AWS_REGION`.
-pub fn choose_region(
-    configured: Option<&str>,
-    aws_region_env: Option<&str>,
-) -> Option<(String, RegionSource)> {
-    let non_empty = |s: &&str| !s.trim().is_empty();
-    configured
-        .filter(non_empty)
-        .map(|r| (r.to_owned(), RegionSource::Configured))
-        .or_else(|| {
-            aws_region_env
-                .filter(non_empty)
-                .map(|r| (r.to_owned(), RegionSource::Environment))
-        })
-}
-
-/// Resolves the region: configured, then `AWS_REGION`, then (local mode only) the SDK's
-/// environment and profile chain without instance metadata.
-pub async fn resolve_region(
-    configured: Option<&str>,
-    local_mode: bool,
-) -> Result<(String, RegionSource), NoRegion> {
-    if let Some(choice) = choose_region(configured, std::env::var("AWS_REGION").ok().as_deref()) {
-        tracing::debug!("Fetch region {} from {}", choice.0, choice.1.as_str());
-        return Ok(choice);
-    }
-    if local_mode {
-        let chain = aws_config::meta::region::RegionProviderChain::first_try(
-            aws_config::environment::EnvironmentVariableRegionProvider::new(),
-        )
-        .or_else(aws_config::profile::ProfileFileRegionProvider::new());
-        if let Some(region) = chain.region().await {
-            tracing::debug!("Fetched region {region} from config");
-            return Ok((region.to_string(), RegionSource::SharedConfig));
-        }
-    }
-    Err(NoRegion)
-}
-
-/// The SDK configuration for `region` with the default credentials chain (environment,
-/// profiles, web identity, container and instance credentials).
-pub async fn sdk_config(region: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region.to_owned()))
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .http_client(proxy::http_client(proxy.as_ref())?)
         .load()
-        .await
+        .await;
+    let Some(role_arn) = &settings.role_arn else {
+        return Ok(base);
+    };
+    let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+        .session_name(&settings.role_session_name)
+        .configure(&base);
+    if let Some(external_id) = &settings.role_external_id {
+        role = role.external_id(external_id);
+    }
+    tracing::info!(
+        "Assuming role {role_arn} (session {})",
+        settings.role_session_name
+    );
+    Ok(base
+        .to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(role.build().await))
+        .build())
 }
 
 /// The regional X-Ray endpoint, with the partition's DNS suffix (the Go daemon's table).
@@ -140,23 +134,6 @@ pub async fn credential_source(sdk_config: &SdkConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn configured_region_beats_the_environment() {
-        assert_eq!(
-            choose_region(Some("eu-west-1"), Some("us-east-1")),
-            Some(("eu-west-1".into(), RegionSource::Configured))
-        );
-        assert_eq!(
-            choose_region(None, Some("us-east-1")),
-            Some(("us-east-1".into(), RegionSource::Environment))
-        );
-        assert_eq!(
-            choose_region(Some(""), Some("us-east-1")),
-            Some(("us-east-1".into(), RegionSource::Environment))
-        );
-        assert_eq!(choose_region(None, Some(" ")), None);
-    }
 
     #[test]
     fn the_credential_chain_link_follows_the_chain_order() {

@@ -1,1 +1,0 @@
-//! The daemon's own X-Ray telemetry: `PutTelemetryRecords` every minute (being written).
