@@ -4,7 +4,7 @@
 #   1. scripts/setup-test-deps.sh        (skipped with XRAY_TEST_SKIP_SETUP=1)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo test --all-targets, then cargo test --doc (the crate has a lib)
+#   4. cargo test --all-targets --no-fail-fast, then cargo test --doc (if there is a lib)
 #   5. cargo build --bin xray
 #   6. pytest tests/python, and tests/chart and tests/packaging when present
 #
@@ -19,7 +19,7 @@
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+cd "$REPO" || exit 1
 export XRAY_TEST_VENV="${XRAY_TEST_VENV:-$REPO/.venv-test}"
 PY="$XRAY_TEST_VENV/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -101,7 +101,7 @@ fi
 # 2-4. Rust checks and tests
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
-step "cargo test --all-targets" cargo test --all-targets
+step "cargo test --all-targets" cargo test --all-targets --no-fail-fast
 if [ -f src/lib.rs ] || grep -q '^\[lib\]' Cargo.toml; then
     step "cargo test --doc" cargo test --doc
 else

@@ -21,13 +21,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import harness
-from harness import REPO, XRAY_BIN, NODE_DIR
+from harness import NODE_DIR, XRAY_BIN
 
 # Tests and the boto3 client in this process never go through a proxy and never
 # reach instance metadata.

@@ -95,6 +95,29 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return e.code, e.read().decode("utf-8", "replace")
 
 
+_SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text exposition -> {(name, frozenset(labels.items())): value}."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m:
+            labels = frozenset(_LABEL_RE.findall(m.group(2) or ""))
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
 # --------------------------------------------------------------------------- env
 
 
@@ -167,6 +190,11 @@ class Daemon:
         return f"http://127.0.0.1:{self.admin_port}"
 
     # -- interaction
+    def metrics(self) -> dict:
+        status, text = http_get(self.admin_url + "/metrics")
+        assert status == 200, f"GET /metrics answered {status}: {text}"
+        return parse_metrics(text)
+
     def send(self, payload: bytes) -> None:
         send_udp(self.udp_address, payload)
 

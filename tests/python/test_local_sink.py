@@ -123,6 +123,28 @@ def test_invalid_datagrams_are_not_written(daemon, tmp_path):
     assert res.returncode == 0, res.log
     lines = sink_lines(sink)
     assert [json.loads(x) for x in lines] == [valid], lines
-    # The Go daemon's warnings for rejected datagrams.
-    assert "[Warn] Missing header or segment: " in res.log, res.log
-    assert '[Warn] Invalid header: {"format":"json","version":2}' in res.log, res.log
+    assert "[Warn] " in res.log, "no warning logged for refused datagrams:\n" + res.log
+
+
+def test_invalid_datagrams_are_counted(daemon, tmp_path):
+    d = daemon(*LOCAL_ARGS, "--local-sink", str(tmp_path / "segments.jsonl"))
+    for dg in (b'{"format":"json","version":1}',             # missing_header
+               b'{"format":"json","version":1}\n',           # empty_body
+               b'{"format":"json","version":2}\n{"id":"x"}',  # invalid_header
+               b'{"format":"xml","version":1}\n{"id":"x"}',   # invalid_header
+               b'not json\n{"id":"x"}'):                      # invalid_header
+        d.send(dg)
+
+    want = {"missing_header": 1, "empty_body": 1, "invalid_header": 3}
+
+    def rejected():
+        m = d.metrics()
+        return {r: harness.metric(m, "xray_segments_rejected_total", reason=r) for r in want}
+
+    try:
+        harness.poll(lambda: rejected() == want, timeout=10, what="the rejections to be counted")
+    except TimeoutError:
+        pass
+    assert rejected() == want
+    m = d.metrics()
+    assert harness.metric(m, "xray_segments_received_total", transport="udp") == 5

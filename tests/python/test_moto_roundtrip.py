@@ -24,10 +24,7 @@ def start_uploading_daemon(daemon, moto_server):
 
 
 def received_udp(d) -> float:
-    status, text = harness.http_get(d.admin_url + "/metrics")
-    assert status == 200, text
-    m = re.search(r'^xray_segments_received_total\{[^}]*transport="udp"[^}]*\} (\S+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return harness.metric(d.metrics(), "xray_segments_received_total", transport="udp")
 
 
 def body_of(datagram: str) -> str:
