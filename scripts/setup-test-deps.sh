@@ -139,6 +139,14 @@ if [ -f scripts/install-k8s-tools.sh ]; then
     step_end
 fi
 
+# ---------------------------------------------------------------- packaging tools
+# cargo-deb and cargo-generate-rpm are compiled on first use (several minutes, cached).
+if [ -f scripts/install-packaging-tools.sh ]; then
+    step_start "scripts/install-packaging-tools.sh"
+    bash scripts/install-packaging-tools.sh
+    step_end
+fi
+
 # ---------------------------------------------------------------- Rust components
 step_start "rustup components (rustfmt, clippy)"
 if command -v rustup >/dev/null 2>&1; then

@@ -11,9 +11,11 @@ use prometheus::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::status::Destination;
 use crate::admin::{self, AdminServer, AdminState, Latch, Readiness, StatusBoard};
+use crate::aws::credentials::CredentialsCache;
 use crate::budget::{self, MemoryBudget};
 use crate::config::{Config, Loaded};
 use crate::ingest::udp::{self, UdpListener};
@@ -21,6 +23,7 @@ use crate::ingest::{Admission, Segment};
 use crate::logging::LogHandle;
 use crate::metrics::{Metrics, Transport};
 use crate::net;
+use crate::proxy::{ProxyPolicy, ProxyTarget, TcpPortState, TcpServer};
 use crate::reload::{self, ConfigInputs, ConfigWatcher, ReloadRequest};
 use crate::upload::local::LocalSink;
 use crate::upload::retry::RetryPolicy;
@@ -82,6 +85,10 @@ pub struct Daemon {
     admission: Admission,
     concurrency: Arc<Concurrency>,
     sink_tx: watch::Sender<Arc<Sink>>,
+    proxy_target: watch::Sender<Option<Arc<ProxyTarget>>>,
+    proxy_policy: watch::Sender<ProxyPolicy>,
+    tcp: TcpServer,
+    tcp_connections: TaskTracker,
     retry_policy: watch::Sender<RetryPolicy>,
     udp: UdpListener,
     retiring: JoinSet<()>,
@@ -113,6 +120,7 @@ impl Daemon {
         );
         let readiness = Readiness::new();
         let udp_latch = readiness.latch("udp listener not bound");
+        let tcp_latch = readiness.latch("tcp listener not bound");
         let pipeline_latch = readiness.latch("pipeline not running");
         let budget_mb = budget_mb(&config);
         tracing::info!("Using buffer memory limit of {budget_mb} MB");
@@ -137,8 +145,8 @@ impl Daemon {
         tracing::info!("Starting admin server on {admin_addr}");
 
         let env = |name: &str| inputs.env.get(name).cloned();
-        let sink = build_sink(&config, &env, &status).await?;
-        let (sink_tx, _) = watch::channel(Arc::new(sink));
+        let upstream = build_upstream(&config, &env, &status).await?;
+        let (sink_tx, _) = watch::channel(Arc::new(upstream.sink));
         let stop_ingest = CancellationToken::new();
         let (segments_tx, segments_rx) = mpsc::unbounded_channel();
         let admission = Admission::new(
@@ -156,6 +164,28 @@ impl Daemon {
         );
         log_listener(&udp);
         udp_latch.release();
+
+        let (proxy_target, _) = watch::channel(upstream.proxy);
+        let proxy_policy = watch::Sender::new(ProxyPolicy::from_config(&config));
+        let tcp_state = TcpPortState {
+            target: proxy_target.subscribe(),
+            policy: proxy_policy.subscribe(),
+            metrics: metrics.clone(),
+            admission: Admission::new(
+                Arc::clone(&budget),
+                metrics.ingest(Transport::Tcp),
+                Arc::clone(&status),
+            ),
+            segments: segments_tx.clone(),
+        };
+        let tcp_connections = TaskTracker::new();
+        let tcp = start_tcp(
+            &config.tcp_address,
+            tcp_state,
+            &stop_ingest,
+            &tcp_connections,
+        )?;
+        tcp_latch.release();
 
         let watcher = loaded.file.as_ref().and_then(|file| {
             ConfigWatcher::start(file, reload_tx.clone(), stop_ingest.clone())
@@ -175,6 +205,10 @@ impl Daemon {
             admission,
             concurrency: Concurrency::new(config.concurrency),
             sink_tx,
+            proxy_target,
+            proxy_policy,
+            tcp,
+            tcp_connections,
             retry_policy: watch::Sender::new(retry_policy(&config)),
             udp,
             retiring: JoinSet::new(),
@@ -194,6 +228,11 @@ impl Daemon {
         self.udp
             .local_addr()
             .expect("a bound socket has an address")
+    }
+
+    /// The TCP address (sampling proxy and segment streams).
+    pub fn tcp_local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr()
     }
 
     /// The admin server's address.
@@ -245,6 +284,9 @@ impl Daemon {
         tracing::debug!("Shutdown initiated: stopping ingest");
         self.stop_ingest.cancel();
         self.udp.stop().await;
+        self.tcp.stop_accepting().await;
+        self.tcp_connections.close();
+        self.tcp_connections.wait().await;
         while self.retiring.join_next().await.is_some() {}
         // The receivers are gone; with the last sender dropped the batcher sees the end.
         drop(self.segments_tx);
@@ -306,14 +348,18 @@ impl Daemon {
             .then(|| udp::bind(&config.udp_address, config.receive_buffer_bytes))
             .transpose()
             .map_err(|e| e.to_string())?;
+        let new_tcp = (old.tcp_address != config.tcp_address)
+            .then(|| net::bind_tcp(&config.tcp_address))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let new_admin = (old.admin_address != config.admin_address)
             .then(|| net::bind_tcp(&config.admin_address))
             .transpose()
             .map_err(|e| e.to_string())?;
-        let new_sink = if reload::sink_changed(&old, &config) {
+        let new_upstream = if reload::sink_changed(&old, &config) {
             let env = |name: &str| self.inputs.env.get(name).cloned();
-            let sink = build_sink(&config, &env, &self.status).await;
-            Some(sink.map_err(|e| e.to_string())?)
+            let upstream = build_upstream(&config, &env, &self.status).await;
+            Some(upstream.map_err(|e| e.to_string())?)
         } else {
             None
         };
@@ -345,8 +391,35 @@ impl Daemon {
         }
         self.concurrency.set(config.concurrency);
         self.retry_policy.send_replace(retry_policy(&config));
-        if let Some(sink) = new_sink {
-            self.sink_tx.send_replace(Arc::new(sink));
+        if let Some(upstream) = new_upstream {
+            self.sink_tx.send_replace(Arc::new(upstream.sink));
+            self.proxy_target.send_replace(upstream.proxy);
+        }
+        self.proxy_policy
+            .send_replace(ProxyPolicy::from_config(&config));
+        if let Some(listener) = new_tcp {
+            let state = TcpPortState {
+                target: self.proxy_target.subscribe(),
+                policy: self.proxy_policy.subscribe(),
+                metrics: self.metrics.clone(),
+                admission: Admission::new(
+                    Arc::clone(&self.budget),
+                    self.metrics.ingest(Transport::Tcp),
+                    Arc::clone(&self.status),
+                ),
+                segments: self.segments_tx.clone(),
+            };
+            let server = TcpServer::start(
+                listener,
+                state,
+                self.stop_ingest.child_token(),
+                self.tcp_connections.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            tracing::info!("Starting proxy http server on {}", server.local_addr());
+            // Connections already open stay served; only new ones go to the new address.
+            self.retiring
+                .spawn(std::mem::replace(&mut self.tcp, server).stop_accepting());
         }
         match new_udp {
             Some(socket) => {
@@ -408,11 +481,31 @@ fn log_listener(listener: &UdpListener) {
     );
 }
 
-async fn build_sink(
+/// Where segments and proxied requests go.
+struct Upstream {
+    sink: Sink,
+    /// `None` with the local sink: there is no X-Ray to proxy to.
+    proxy: Option<Arc<ProxyTarget>>,
+}
+
+fn start_tcp(
+    address: &str,
+    state: TcpPortState,
+    stop: &CancellationToken,
+    connections: &TaskTracker,
+) -> Result<TcpServer, StartError> {
+    let listener = net::bind_tcp(address)?;
+    let server = TcpServer::start(listener, state, stop.child_token(), connections.clone())
+        .map_err(|e| StartError::Bind(net::BindError::new(net::Network::Tcp, address, &e)))?;
+    tracing::info!("Starting proxy http server on {}", server.local_addr());
+    Ok(server)
+}
+
+async fn build_upstream(
     config: &Config,
     env: crate::aws::Env<'_>,
     status: &Arc<StatusBoard>,
-) -> Result<Sink, StartError> {
+) -> Result<Upstream, StartError> {
     if let Some(path) = &config.local_sink {
         let sink = LocalSink::open(path).map_err(|source| StartError::LocalSink {
             path: path.clone(),
@@ -427,7 +520,10 @@ async fn build_sink(
             local_sink: Some(path.clone()),
             ..Destination::default()
         });
-        return Ok(Sink::Local(sink));
+        return Ok(Upstream {
+            sink: Sink::Local(sink),
+            proxy: None,
+        });
     }
     if config.no_verify_ssl {
         tracing::warn!("NoVerifySSL is accepted but not applied by this version: TLS certificates are verified");
@@ -452,7 +548,24 @@ async fn build_sink(
         role_external_id: config.role_external_id.clone(),
         role_session_name: config.role_session_name.clone(),
     };
-    let sdk_config = crate::aws::sdk_config(&settings, env).await?;
+    let aws = crate::aws::setup(&settings, env).await?;
+    tracing::info!("HTTP Proxy server using X-Ray Endpoint : {endpoint}");
+    let proxy = match (
+        endpoint.parse::<http::Uri>(),
+        aws.sdk_config.credentials_provider(),
+    ) {
+        (Ok(uri), Some(provider)) => Some(Arc::new(ProxyTarget {
+            endpoint: uri,
+            region: region.clone(),
+            credentials: CredentialsCache::new(provider),
+            connector: aws.connector,
+        })),
+        (Err(error), _) => {
+            tracing::error!("unable to parse xray endpoint: {error}");
+            None
+        }
+        (_, None) => None,
+    };
     status.set_destination(Destination {
         sink: "xray".into(),
         region: Some(region),
@@ -460,13 +573,13 @@ async fn build_sink(
         endpoint: Some(endpoint),
         ..Destination::default()
     });
-    let status = Arc::clone(status);
-    let probe_config = sdk_config.clone();
+    let probe_status = Arc::clone(status);
+    let probe_config = aws.sdk_config.clone();
     tokio::spawn(async move {
-        status.set_credential_source(crate::aws::credential_source(&probe_config).await);
+        probe_status.set_credential_source(crate::aws::credential_source(&probe_config).await);
     });
-    Ok(Sink::Xray(XraySink::new(
-        &sdk_config,
-        config.endpoint.as_deref(),
-    )))
+    Ok(Upstream {
+        sink: Sink::Xray(XraySink::new(&aws.sdk_config, config.endpoint.as_deref())),
+        proxy,
+    })
 }

@@ -23,6 +23,9 @@ pub struct MemoryBudget {
     limit_bytes: AtomicUsize,
     used_bytes: AtomicUsize,
     held_segments: AtomicUsize,
+    /// Wakes admissions waiting for room (TCP ingest applies backpressure instead of dropping).
+    released: tokio::sync::Notify,
+    waiters: AtomicUsize,
 }
 
 impl MemoryBudget {
@@ -32,6 +35,8 @@ impl MemoryBudget {
             limit_bytes: AtomicUsize::new(limit_bytes),
             used_bytes: AtomicUsize::new(0),
             held_segments: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+            waiters: AtomicUsize::new(0),
         })
     }
 
@@ -51,10 +56,32 @@ impl MemoryBudget {
         })
     }
 
+    /// Charges a segment of `document_bytes`, waiting for room when the budget is full;
+    /// `None` only if the segment could never fit.
+    pub async fn admit(self: &Arc<Self>, document_bytes: usize) -> Option<BudgetPermit> {
+        loop {
+            if document_bytes + SEGMENT_OVERHEAD_BYTES > self.limit_bytes() {
+                return None;
+            }
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Register before re-checking, so a release between the check and the wait
+            // cannot be missed.
+            released.as_mut().enable();
+            if let Some(permit) = self.try_admit(document_bytes) {
+                return Some(permit);
+            }
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            released.await;
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// Changes the limit (config reload). Segments already held stay; a smaller limit only
     /// refuses new ones until enough have left.
     pub fn set_limit_bytes(&self, limit_bytes: usize) {
         self.limit_bytes.store(limit_bytes, Ordering::Relaxed);
+        self.released.notify_waiters();
     }
 
     /// The configured limit.
@@ -86,6 +113,10 @@ impl Drop for BudgetPermit {
             .used_bytes
             .fetch_sub(self.charge, Ordering::AcqRel);
         self.budget.held_segments.fetch_sub(1, Ordering::Relaxed);
+        // Waking is only needed (and only paid for) while a TCP sender waits.
+        if self.budget.waiters.load(Ordering::SeqCst) > 0 {
+            self.budget.released.notify_waiters();
+        }
     }
 }
 
@@ -196,6 +227,27 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(budget.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_admission_resumes_when_room_is_released() {
+        let budget = MemoryBudget::new(1000);
+        let held = budget.try_admit(800).unwrap();
+        let waiting = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.admit(500).await.is_some() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "no room yet: it waits instead of dropping"
+        );
+        drop(held);
+        assert!(waiting.await.unwrap());
+        assert!(
+            budget.admit(2000).await.is_none(),
+            "larger than the whole budget"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin HTTP server: probes, metrics, diagnostics, reload endpoint.
 //! - [`reload`]: reload triggers (SIGHUP, HTTP, a watched config file) and what changed.
 //! - [`net`]: listen addresses and binding (dual-stack wildcards).
+//! - [`proxy`]: the TCP port: the SigV4 sampling proxy and TCP segment ingest.
 //! - [`app`]: the daemon assembled: start (bind everything), run, ordered shutdown.
 //! - [`telemetry`]: the daemon's own X-Ray telemetry (`PutTelemetryRecords`).
 //! - [`signals`], [`healthcheck`]: process signals; the `xray healthcheck` probe.
@@ -35,6 +36,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod proxy;
 pub mod reload;
 pub mod segment;
 pub mod signals;

@@ -119,6 +119,8 @@ pub struct IngestCounters {
     rejected: [IntCounter; 4],
     /// Segments refused because the budget was full.
     pub dropped_buffer_full: IntCounter,
+    /// Segments received but not admitted because the daemon was shutting down.
+    pub dropped_shutdown: IntCounter,
 }
 
 impl IngestCounters {
@@ -327,6 +329,7 @@ impl Metrics {
             rejected: Rejection::ALL
                 .map(|r| self.segments_rejected.with_label_values(&[r.as_str()])),
             dropped_buffer_full: self.dropped(DropReason::BufferFull),
+            dropped_shutdown: self.dropped(DropReason::Shutdown),
         }
     }
 

@@ -1,6 +1,7 @@
 //! AWS settings: the region, the outbound HTTP client (proxy), the credentials (default chain,
 //! optionally an assumed role) and the SDK configuration built from them for every AWS call.
 
+pub mod credentials;
 pub mod imds;
 pub mod proxy;
 pub mod region;
@@ -34,14 +35,20 @@ pub struct AwsSettings {
     pub role_session_name: String,
 }
 
+/// The AWS side of the daemon: the SDK configuration and a connector with the same outbound
+/// settings for requests the daemon signs itself.
+#[derive(Debug)]
+pub struct AwsSetup {
+    /// For the SDK clients.
+    pub sdk_config: SdkConfig,
+    /// For the sampling proxy's upstream requests.
+    pub connector: aws_smithy_http_client::Connector,
+}
+
 /// The SDK configuration for `settings`: the default credentials chain (environment,
 /// profiles, SSO, web identity, container and instance credentials) through the daemon's HTTP
-/// client, and with a role, credentials from `AssumeRole` on the regional STS endpoint,
-/// cached and refreshed before they expire.
-pub async fn sdk_config(
-    settings: &AwsSettings,
-    env: Env<'_>,
-) -> Result<SdkConfig, proxy::BadProxy> {
+/// client, and with a role, credentials from `AssumeRole` on the regional STS endpoint.
+pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, proxy::BadProxy> {
     let proxy = proxy::proxy_settings(settings.proxy_address.as_deref(), env);
     if let Some(proxy) = &proxy {
         tracing::debug!(
@@ -49,13 +56,17 @@ pub async fn sdk_config(
             crate::config::redact_url(&proxy.url)
         );
     }
+    let connector = proxy::connector(proxy.as_ref())?;
     let base = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
         .http_client(proxy::http_client(proxy.as_ref())?)
         .load()
         .await;
     let Some(role_arn) = &settings.role_arn else {
-        return Ok(base);
+        return Ok(AwsSetup {
+            sdk_config: base,
+            connector,
+        });
     };
     let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
         .session_name(&settings.role_session_name)
@@ -67,10 +78,22 @@ pub async fn sdk_config(
         "Assuming role {role_arn} (session {})",
         settings.role_session_name
     );
-    Ok(base
+    let sdk_config = base
         .to_builder()
         .credentials_provider(SharedCredentialsProvider::new(role.build().await))
-        .build())
+        .build();
+    Ok(AwsSetup {
+        sdk_config,
+        connector,
+    })
+}
+
+/// Just the SDK configuration of [`setup`].
+pub async fn sdk_config(
+    settings: &AwsSettings,
+    env: Env<'_>,
+) -> Result<SdkConfig, proxy::BadProxy> {
+    setup(settings, env).await.map(|setup| setup.sdk_config)
 }
 
 /// The regional X-Ray endpoint, with the partition's DNS suffix (the Go daemon's table).

@@ -47,15 +47,19 @@ pub fn proxy_settings(configured: Option<&str>, env: Env<'_>) -> Option<ProxySet
 #[error("Bad proxy URL: {0}")]
 pub struct BadProxy(String);
 
-/// An HTTPS client (rustls) through `proxy`, or direct without one. Connections are pooled and
-/// kept alive per client.
-pub fn http_client(proxy: Option<&ProxySettings>) -> Result<SharedHttpClient, BadProxy> {
-    let proxy_config = match proxy {
+fn proxy_config(proxy: Option<&ProxySettings>) -> Result<ProxyConfig, BadProxy> {
+    Ok(match proxy {
         Some(settings) => ProxyConfig::all(settings.url.as_str())
             .map_err(|e| BadProxy(format!("{}: {e}", crate::config::redact_url(&settings.url))))?
             .no_proxy(&settings.no_proxy),
         None => ProxyConfig::disabled(),
-    };
+    })
+}
+
+/// An HTTPS client (rustls) through `proxy`, or direct without one, for the SDK clients.
+/// Connections are pooled and kept alive per client.
+pub fn http_client(proxy: Option<&ProxySettings>) -> Result<SharedHttpClient, BadProxy> {
+    let proxy_config = proxy_config(proxy)?;
     Ok(
         Builder::new().build_with_connector_fn(move |settings, components| {
             let mut connector = Connector::builder().proxy_config(proxy_config.clone());
@@ -68,6 +72,15 @@ pub fn http_client(proxy: Option<&ProxySettings>) -> Result<SharedHttpClient, Ba
                 .build()
         }),
     )
+}
+
+/// A connector with the same proxy and TLS settings, for requests the daemon sends itself
+/// (the sampling proxy's upstream calls); the caller bounds their time.
+pub fn connector(proxy: Option<&ProxySettings>) -> Result<Connector, BadProxy> {
+    Ok(Connector::builder()
+        .proxy_config(proxy_config(proxy)?)
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build())
 }
 
 #[cfg(test)]

@@ -505,7 +505,27 @@ fn validate(
         role_external_id: m.optional(RoleExternalId),
         role_session_name: m.text(RoleSessionName),
         disable_telemetry: m.flag(DisableTelemetry),
+        tcp_ingest: m.flag(TcpIngest),
+        proxy_extra_paths: proxy_paths(&m.text(ProxyExtraPaths))
+            .map_err(|reason| m.invalid(ProxyExtraPaths, m.text(ProxyExtraPaths), reason))?,
+        proxy_upstream_timeout: m.duration(ProxyUpstreamTimeout),
     })
+}
+
+/// Splits a comma-separated list of X-Ray API paths; each must be an absolute path of letters
+/// (`/GetSamplingStatisticSummaries`), so nothing but an API name can be allowed.
+fn proxy_paths(text: &str) -> Result<Vec<String>, &'static str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|path| {
+            let name = path.strip_prefix('/').ok_or("each path must start with /")?;
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err("each path must be / followed by an X-Ray API name, e.g. /GetSamplingStatisticSummaries");
+            }
+            Ok(path.to_owned())
+        })
+        .collect()
 }
 
 /// Why `text` is not a `host:port` address, or `None` if it is one. Hosts are names, IPv4
@@ -663,6 +683,9 @@ fn effective_value(config: &Config, id: OptionId) -> Value {
         RoleExternalId => text(&config.role_external_id),
         RoleSessionName => Value::Str(config.role_session_name.clone()),
         DisableTelemetry => Value::Bool(config.disable_telemetry),
+        TcpIngest => Value::Bool(config.tcp_ingest),
+        ProxyExtraPaths => Value::Str(config.proxy_extra_paths.join(",")),
+        ProxyUpstreamTimeout => Value::Duration(config.proxy_upstream_timeout),
     }
 }
 

@@ -74,6 +74,14 @@ pub struct Config {
     pub role_session_name: String,
     /// `DisableTelemetry` / `--disable-telemetry`: do not send `PutTelemetryRecords`.
     pub disable_telemetry: bool,
+    /// `Socket.TCPIngest` / `--tcp-ingest`: accept newline-framed segments on the TCP address.
+    pub tcp_ingest: bool,
+    /// `SamplingProxy.ExtraPaths` / `--proxy-extra-paths`: X-Ray API paths the proxy forwards
+    /// besides the two sampling calls.
+    pub proxy_extra_paths: Vec<String>,
+    /// `SamplingProxy.UpstreamTimeout` / `--proxy-upstream-timeout`: how long the proxy waits
+    /// for X-Ray before answering 504.
+    pub proxy_upstream_timeout: Duration,
 }
 
 /// Where one effective value came from.

@@ -56,6 +56,12 @@ pub enum OptionId {
     RoleSessionName,
     /// `DisableTelemetry`
     DisableTelemetry,
+    /// `Socket.TCPIngest`
+    TcpIngest,
+    /// `SamplingProxy.ExtraPaths`
+    ProxyExtraPaths,
+    /// `SamplingProxy.UpstreamTimeout`
+    ProxyUpstreamTimeout,
 }
 
 /// The type of an option's value, which decides how text and YAML are parsed.
@@ -326,6 +332,36 @@ pub const OPTIONS: &[OptionSpec] = &[
         default: "false",
         usage: "Do not send the daemon's own telemetry to X-Ray (PutTelemetryRecords).",
     },
+    OptionSpec {
+        id: OptionId::TcpIngest,
+        key: "Socket.TCPIngest",
+        short: None,
+        long: "tcp-ingest",
+        env: "XRAY_TCP_INGEST",
+        kind: Kind::Bool,
+        default: "true",
+        usage: "Accept newline-framed segments on the TCP address besides the sampling proxy (default true).",
+    },
+    OptionSpec {
+        id: OptionId::ProxyExtraPaths,
+        key: "SamplingProxy.ExtraPaths",
+        short: None,
+        long: "proxy-extra-paths",
+        env: "XRAY_PROXY_EXTRA_PATHS",
+        kind: Kind::String,
+        default: "",
+        usage: "Comma-separated X-Ray API paths the TCP proxy forwards besides /GetSamplingRules and /SamplingTargets.",
+    },
+    OptionSpec {
+        id: OptionId::ProxyUpstreamTimeout,
+        key: "SamplingProxy.UpstreamTimeout",
+        short: None,
+        long: "proxy-upstream-timeout",
+        env: "XRAY_PROXY_UPSTREAM_TIMEOUT",
+        kind: Kind::Duration,
+        default: "10s",
+        usage: "Longest wait for X-Ray's answer to a proxied request before answering 504 (default 10s).",
+    },
 ];
 
 /// A flag that is not an option: it steers the program instead of setting a value.
@@ -573,6 +609,9 @@ mod tests {
             OptionId::RoleExternalId,
             OptionId::RoleSessionName,
             OptionId::DisableTelemetry,
+            OptionId::TcpIngest,
+            OptionId::ProxyExtraPaths,
+            OptionId::ProxyUpstreamTimeout,
         ];
         assert_eq!(ids.len(), OPTIONS.len());
         for id in ids {

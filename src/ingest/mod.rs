@@ -1,6 +1,7 @@
 //! Ingest: turning received bytes into admitted [`Segment`]s. The admission decision
 //! (validate, then charge the budget) is shared by every transport; `udp` owns the socket.
 
+pub mod tcp;
 pub mod udp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,34 @@ impl Admission {
         };
         self.refused(refusal, datagram);
         Err(refusal)
+    }
+
+    /// Counts a record refused by stream framing (TCP ingest), of `bytes` bytes.
+    pub fn reject(&self, rejection: Rejection, bytes: usize) {
+        self.counters.received.inc();
+        self.counters.received_bytes.inc_by(bytes as u64);
+        self.refused(Refusal::Rejected(rejection), &[]);
+    }
+
+    /// Admits an already framed, valid document, waiting for budget rather than dropping it
+    /// (TCP ingest: the sender is slowed down instead). `None` only if it can never fit.
+    pub async fn admit_document(&self, document: &[u8]) -> Option<Segment> {
+        self.counters.received.inc();
+        self.counters.received_bytes.inc_by(document.len() as u64);
+        let Some(permit) = self.budget.admit(document.len()).await else {
+            self.refused(Refusal::BufferFull, document);
+            return None;
+        };
+        self.note_activity();
+        Some(Segment {
+            document: document.into(),
+            _permit: permit,
+        })
+    }
+
+    /// Counts a received document that shutdown stopped from being admitted.
+    pub fn dropped_at_shutdown(&self, _bytes: usize) {
+        self.counters.dropped_shutdown.inc();
     }
 
     fn refused(&self, refusal: Refusal, datagram: &[u8]) {

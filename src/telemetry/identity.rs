@@ -70,7 +70,12 @@ pub async fn resolve_identity(
         match Imds::from_env(env) {
             Some(imds) => {
                 let (fetched_id, fetched_host) = tokio::join!(
-                    fetch(&imds, instance_id.is_none(), INSTANCE_ID_PATH, "instance id"),
+                    fetch(
+                        &imds,
+                        instance_id.is_none(),
+                        INSTANCE_ID_PATH,
+                        "instance id"
+                    ),
                     fetch(&imds, hostname.is_none(), HOSTNAME_PATH, "hostname"),
                 );
                 instance_id = instance_id.or(fetched_id);
@@ -113,7 +118,9 @@ mod tests {
 
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + Sync {
+    fn env(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<String> + Sync {
         move |name| {
             pairs
                 .iter()

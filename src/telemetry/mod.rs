@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use identity::{resolve_identity, TelemetryIdentity};
@@ -30,7 +31,8 @@ use crate::upload::Sink;
 /// The production interval (the Go daemon's `dataCutoffIntervalSecs`).
 pub const INTERVAL: Duration = Duration::from_secs(60);
 
-/// How long the final send at stop may take; what is not delivered by then is lost.
+/// How long the reporter may take once stopped (finishing a call in flight, cutting the final
+/// record, sending what it holds); what is not delivered by then is lost.
 pub const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether telemetry runs at all (`DisableTelemetry` / `--disable-telemetry` turns it off).
@@ -40,7 +42,8 @@ pub fn enabled(config: &Config) -> bool {
 
 /// Reports through the current `sink` until `stop`, cutting a record every `interval`
 /// (re-armed after each send, as in the Go daemon); on stop, cuts a final record and sends
-/// what it holds within [`FINAL_SEND_TIMEOUT`]. `errors` is the shared backend error count.
+/// what it holds, all within [`FINAL_SEND_TIMEOUT`]. `errors` is the shared backend error
+/// count.
 pub async fn run(
     identity: TelemetryIdentity,
     metrics: Metrics,
@@ -70,25 +73,28 @@ pub async fn run_with<D: Deliver>(
     tracing::debug!("Telemetry initiated");
     let sent = &metrics.telemetry_records_sent;
     let mut reporter = Reporter::new();
-    loop {
+    let deadline = loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => break,
+            () = stop.cancelled() => break Instant::now() + FINAL_SEND_TIMEOUT,
         }
         cut(&mut reporter, &metrics, &errors, SystemTime::now());
-        // Interrupting a call is safe: records leave the queue only once delivered, so the
-        // final send below picks them up.
+        let flushing = flush(&mut reporter, &deliver, &errors, sent);
+        tokio::pin!(flushing);
         tokio::select! {
-            () = flush(&mut reporter, &deliver, &errors, sent) => {}
-            () = stop.cancelled() => break,
+            () = &mut flushing => {}
+            () = stop.cancelled() => {
+                // Finish the call in flight rather than drop it: X-Ray may already have its
+                // records, which would then be sent again with the final one.
+                let deadline = Instant::now() + FINAL_SEND_TIMEOUT;
+                let _ = tokio::time::timeout_at(deadline, flushing).await;
+                break deadline;
+            }
         }
-    }
+    };
     cut(&mut reporter, &metrics, &errors, SystemTime::now());
-    let flushed = tokio::time::timeout(
-        FINAL_SEND_TIMEOUT,
-        flush(&mut reporter, &deliver, &errors, sent),
-    )
-    .await;
+    let flushed =
+        tokio::time::timeout_at(deadline, flush(&mut reporter, &deliver, &errors, sent)).await;
     if flushed.is_err() || reporter.held() > 0 {
         tracing::debug!(
             "Telemetry stopped with {} record(s) not sent",
@@ -154,11 +160,13 @@ mod tests {
     use crate::upload::retry::Failure;
     use crate::upload::SendFailure;
 
-    /// Records every call; answers from a script, then succeeds.
+    /// Records every successful call as it starts (as X-Ray would receive it); answers from
+    /// a script, then succeeds, each call taking `latency`.
     #[derive(Clone, Default)]
     struct FakeDelivery {
         calls: Arc<Mutex<Vec<Vec<TelemetryRecord>>>>,
         script: Arc<Mutex<VecDeque<Failure>>>,
+        latency: Duration,
     }
 
     impl FakeDelivery {
@@ -188,7 +196,11 @@ mod tests {
                     Ok(Delivered::Sent)
                 }
             };
-            std::future::ready(result)
+            let latency = self.latency;
+            async move {
+                tokio::time::sleep(latency).await;
+                result
+            }
         }
     }
 
@@ -276,6 +288,29 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].len(), 1);
         assert_eq!(calls[0][0].segments_received, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_mid_call_finishes_it_instead_of_sending_its_records_twice() {
+        let deliver = FakeDelivery {
+            latency: Duration::from_millis(500),
+            ..FakeDelivery::default()
+        };
+        let metrics = metrics();
+        let errors = Arc::new(BackendErrors::default());
+        metrics.ingest(Transport::Udp).received.inc();
+        let (stop, task) = start(&deliver, &metrics, &errors);
+        tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
+        assert_eq!(deliver.calls().len(), 1, "the first call is in flight");
+        stop.cancel();
+        task.await.unwrap();
+        let calls = deliver.calls();
+        assert_eq!(
+            calls.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 1],
+            "the interval's record, then only the final one: {calls:?}"
+        );
+        assert_eq!(metrics.telemetry_records_sent.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -233,7 +233,14 @@ fn flag_and_config_errors_exit_like_the_go_daemon() {
     assert!(String::from_utf8_lossy(&small.stderr)
         .contains("[Error] Not enough Buffers Memory Allocated."));
     let no_region = Command::new(xray)
-        .args(["-b", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"])
+        .args([
+            "-b",
+            "127.0.0.1:0",
+            "--admin-address",
+            "127.0.0.1:0",
+            "-t",
+            "127.0.0.1:0",
+        ])
         .env_clear()
         .env("HOME", "/nonexistent")
         .output()

@@ -1,6 +1,7 @@
 //! A fake X-Ray endpoint on loopback: verifies every request's SigV4 signature against the
 //! test secret, records the documents it receives, and answers as scripted (failures,
 //! throttling, stalls, unprocessed segments) so tests control the backend.
+//! `PutTelemetryRecords` calls have their own script and record their parsed bodies.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -32,14 +33,26 @@ pub enum Reply {
     Unprocessed(Vec<String>, &'static str),
 }
 
+/// A request the fake received on a path other than `/TraceSegments`.
+#[derive(Debug, Clone)]
+pub struct Proxied {
+    pub path: String,
+    pub forwarded_for: Option<String>,
+    pub body: Vec<u8>,
+}
+
 #[derive(Default)]
 struct Recorded {
+    proxied: Vec<Proxied>,
+    outage: Option<(tokio::time::Instant, u16, &'static str)>,
     documents: Vec<String>,
     requests: usize,
     bad_signatures: usize,
     user_agents: Vec<String>,
     timestamps: Vec<String>,
     script: VecDeque<Reply>,
+    telemetry: Vec<serde_json::Value>,
+    telemetry_script: VecDeque<Reply>,
 }
 
 /// A running fake.
@@ -68,6 +81,27 @@ impl FakeXray {
     /// Queues replies for the next requests; after the script, requests are accepted.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Queues replies for the next `PutTelemetryRecords` calls (`Fail` and `Stall` apply;
+    /// anything else accepts). Telemetry calls never consume the segment script.
+    pub fn script_telemetry(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().telemetry_script.extend(replies);
+    }
+
+    /// The bodies of the accepted `PutTelemetryRecords` calls, parsed, in arrival order.
+    pub fn telemetry(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().telemetry.clone()
+    }
+
+    /// Every request until `duration` from now fails with `status` and `code`.
+    pub fn outage(&self, duration: std::time::Duration, status: u16, code: &'static str) {
+        self.state.lock().unwrap().outage =
+            Some((tokio::time::Instant::now() + duration, status, code));
+    }
+
+    pub fn proxied(&self) -> Vec<Proxied> {
+        self.state.lock().unwrap().proxied.clone()
     }
 
     pub fn documents(&self) -> Vec<String> {
@@ -103,6 +137,37 @@ impl FakeXray {
     }
 }
 
+/// Answers any other X-Ray API call (what the sampling proxy forwards): records it and echoes
+/// its path and body, so tests can see exactly what arrived and what came back.
+async fn proxied_reply(
+    state: &Arc<Mutex<Recorded>>,
+    reply: Reply,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    state.lock().unwrap().proxied.push(Proxied {
+        path: uri.path().to_owned(),
+        forwarded_for: headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.to_vec(),
+    });
+    match reply {
+        Reply::Fail(status, code) => return error(status, code),
+        Reply::Stall(delay) => tokio::time::sleep(delay).await,
+        Reply::Accept | Reply::Unprocessed(..) => {}
+    }
+    let echo = serde_json::json!({ "Path": uri.path(), "Body": String::from_utf8_lossy(body) });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json"), ("x-echo", "1")],
+        echo.to_string(),
+    )
+        .into_response()
+}
+
 async fn handle(
     State(state): State<Arc<Mutex<Recorded>>>,
     method: Method,
@@ -117,6 +182,7 @@ async fn handle(
             .map(str::to_owned)
     };
     let signature_ok = verify_sigv4(&method, &uri, &headers, &body);
+    let telemetry = uri.path() == "/TelemetryRecords";
     let reply = {
         let mut recorded = state.lock().unwrap();
         recorded.requests += 1;
@@ -125,13 +191,26 @@ async fn handle(
         if !signature_ok {
             recorded.bad_signatures += 1;
         }
-        recorded.script.pop_front().unwrap_or(Reply::Accept)
+        let script = if telemetry {
+            &mut recorded.telemetry_script
+        } else {
+            &mut recorded.script
+        };
+        script.pop_front().unwrap_or(Reply::Accept)
     };
     if !signature_ok {
         return error(403, "InvalidSignatureException");
     }
+    if telemetry {
+        return telemetry_reply(&state, reply, &body).await;
+    }
+    if let Some((until, status, code)) = state.lock().unwrap().outage {
+        if tokio::time::Instant::now() < until {
+            return error(status, code);
+        }
+    }
     if uri.path() != "/TraceSegments" {
-        return (StatusCode::OK, "{}").into_response();
+        return proxied_reply(&state, reply, &uri, &headers, &body).await;
     }
     let documents: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -163,6 +242,17 @@ async fn handle(
     }
     let body = serde_json::json!({ "UnprocessedTraceSegments": unprocessed }).to_string();
     (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+}
+
+async fn telemetry_reply(state: &Mutex<Recorded>, reply: Reply, body: &[u8]) -> Response {
+    match reply {
+        Reply::Fail(status, code) => return error(status, code),
+        Reply::Stall(delay) => tokio::time::sleep(delay).await,
+        Reply::Accept | Reply::Unprocessed(..) => {}
+    }
+    let parsed = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    state.lock().unwrap().telemetry.push(parsed);
+    (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
 }
 
 fn error(status: u16, code: &str) -> Response {

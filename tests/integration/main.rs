@@ -2,10 +2,13 @@
 //! X-Ray that verifies SigV4 signatures.
 
 mod admin;
+mod aws;
 mod binary;
 mod fake_xray;
 mod pipeline;
+mod proxy;
 mod reload;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Once;
@@ -45,6 +48,8 @@ pub fn args_for(fake: &FakeXray) -> Vec<String> {
         "127.0.0.1:0",
         "--admin-address",
         "127.0.0.1:0",
+        "-t",
+        "127.0.0.1:0",
         "-m",
         "16",
         "--shutdown-timeout",
@@ -64,6 +69,7 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
 /// A running in-process daemon.
 pub struct Running {
     pub udp: SocketAddr,
+    pub tcp: SocketAddr,
     pub admin: SocketAddr,
     pub metrics: Metrics,
     pub budget: std::sync::Arc<xray_daemon::budget::MemoryBudget>,
@@ -75,32 +81,54 @@ impl Running {
     /// Starts a daemon configured by `args` exactly as the binary would be (no environment
     /// variables or search-path files are read).
     pub async fn start(args: Vec<String>) -> Running {
+        Running::start_with_env(args, &[]).await
+    }
+
+    /// Starts a daemon that sees `env` as its environment (for its own settings: region
+    /// discovery, proxies; AWS credentials still come from the test process).
+    pub async fn start_with_env(args: Vec<String>, env: &[(&str, &str)]) -> Running {
+        Running::try_start(args, env).await.expect("daemon starts")
+    }
+
+    /// Like `start_with_env`, but returns the start error.
+    pub async fn try_start(
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Result<Running, xray_daemon::app::StartError> {
         set_test_credentials();
         let Ok(Command::Run(flags)) = cli::parse(&args) else {
             panic!("bad test arguments {args:?}");
         };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let inputs = ConfigInputs {
             flags,
+            env,
             ..ConfigInputs::default()
         };
         let loaded = inputs.load().expect("valid test configuration");
-        let daemon = Daemon::start(inputs, loaded, None, prometheus::Registry::new())
-            .await
-            .expect("daemon starts");
+        let daemon = Daemon::start(inputs, loaded, None, prometheus::Registry::new()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let (udp, admin) = (daemon.udp_local_addr(), daemon.admin_local_addr());
+        let (udp, tcp, admin) = (
+            daemon.udp_local_addr(),
+            daemon.tcp_local_addr(),
+            daemon.admin_local_addr(),
+        );
         let (metrics, budget) = (daemon.metrics().clone(), daemon.budget().clone());
         let task = tokio::spawn(daemon.run(async move {
             let _ = stopped.await;
         }));
-        Running {
+        Ok(Running {
             udp,
+            tcp,
             admin,
             metrics,
             budget,
             stop: Some(stop),
             task,
-        }
+        })
     }
 
     /// Triggers the shutdown sequence and waits for it.

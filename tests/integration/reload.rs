@@ -34,6 +34,8 @@ async fn start_with_file(fake: &FakeXray, configmap: &ConfigMapDir) -> Running {
         &fake.endpoint(),
         "--admin-address",
         "127.0.0.1:0",
+        "-t",
+        "127.0.0.1:0",
         "-c",
         file.to_str().unwrap(),
     ];
@@ -178,6 +180,95 @@ async fn post_reload_applies_the_file_and_reports_what_changed() {
     assert!(
         config.contains("Concurrency: 5") && config.contains("LogLevel: debug"),
         "{config}"
+    );
+    daemon.shutdown().await;
+}
+
+fn free_tcp_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn endpoint_buffer_and_admin_address_change_together() {
+    let (first, second) = (FakeXray::start().await, FakeXray::start().await);
+    let udp = free_udp_addr();
+    let base = config_yaml(udp, 8, "info");
+    let (old_admin, new_admin) = (free_tcp_addr(), free_tcp_addr());
+    let settings = |endpoint: &str, buffer_mb: u32, admin: SocketAddr| {
+        format!("{base}Endpoint: {endpoint}\nTotalBufferSizeMB: {buffer_mb}\nAdmin:\n  Address: \"{admin}\"\n")
+    };
+    let configmap = ConfigMapDir::new(&settings(&first.endpoint(), 8, old_admin));
+    // Flags outrank the file, so everything that changes comes from the file alone.
+    let file = configmap.file();
+    let args = [
+        "-o",
+        "-n",
+        fake_xray::REGION,
+        "-t",
+        "127.0.0.1:0",
+        "-c",
+        file.to_str().unwrap(),
+    ];
+    let daemon = Running::start(args.iter().map(|s| s.to_string()).collect()).await;
+    send_paced(daemon.udp, &[datagram("before", 100)], 1000).await;
+    assert_eq!(
+        first
+            .wait_for_documents(1, Duration::from_secs(3))
+            .await
+            .len(),
+        1
+    );
+
+    configmap.update(&settings(&second.endpoint(), 32, new_admin));
+    assert!(eventually(Duration::from_secs(4), || reloads(&daemon, "success") == 1).await);
+    assert_eq!(daemon.series("xray_buffer_limit_bytes"), 32 << 20);
+    send_paced(daemon.udp, &[datagram("after", 100)], 1000).await;
+    assert_eq!(
+        second
+            .wait_for_documents(1, Duration::from_secs(3))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        first.documents().len(),
+        1,
+        "nothing new reaches the old endpoint"
+    );
+    let (status, body) = http("GET", new_admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready"));
+    assert!(
+        std::net::TcpStream::connect(old_admin).is_err(),
+        "the old admin address is released"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_changes_nothing() {
+    let fake = FakeXray::start().await;
+    let udp = free_udp_addr();
+    let configmap = ConfigMapDir::new(&config_yaml(udp, 3, "info"));
+    let daemon = start_with_file(&fake, &configmap).await;
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    configmap.update(&config_yaml(busy.local_addr().unwrap(), 6, "debug"));
+    assert!(eventually(Duration::from_secs(4), || reloads(&daemon, "failure") == 1).await);
+    let (_, config) = http("GET", daemon.admin, "/debug/config").await;
+    assert!(
+        config.contains("Concurrency: 3") && config.contains("LogLevel: info"),
+        "{config}"
+    );
+    let (_, status) = http("GET", daemon.admin, "/debug/status").await;
+    assert!(status.contains("address already in use"), "{status}");
+    send_paced(daemon.udp, &[datagram("still-here", 100)], 1000).await;
+    assert_eq!(
+        fake.wait_for_documents(1, Duration::from_secs(3))
+            .await
+            .len(),
+        1
     );
     daemon.shutdown().await;
 }
