@@ -155,14 +155,7 @@ mod tests {
 
     #[test]
     fn the_environment_can_disable_or_move_imds() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
+        let env = crate::aws::test_env;
         assert!(Imds::from_env(&env(&[("AWS_EC2_METADATA_DISABLED", "TRUE")])).is_none());
         let moved = Imds::from_env(&env(&[(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT",

@@ -15,6 +15,19 @@ pub use region::{resolve_region, NoRegion, RegionSource};
 /// one process environment) control what each daemon sees.
 pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 
+/// An environment made of `pairs`, for tests.
+#[cfg(test)]
+pub(crate) fn test_env(
+    pairs: &'static [(&'static str, &'static str)],
+) -> impl Fn(&str) -> Option<String> + Sync {
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 /// The process environment, for production callers.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -160,14 +173,7 @@ mod tests {
 
     #[test]
     fn the_credential_chain_link_follows_the_chain_order() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
+        let env = test_env;
         assert_eq!(
             credential_chain_link(env(&[("AWS_ACCESS_KEY_ID", "x")])),
             "environment variables"

@@ -87,14 +87,7 @@ pub fn connector(proxy: Option<&ProxySettings>) -> Result<Connector, BadProxy> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::aws::test_env as env;
 
     #[test]
     fn the_flag_wins_then_https_proxy_in_either_case() {

@@ -69,10 +69,11 @@ async fn destination(daemon: &Running) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["destination"].clone()
 }
 
-#[tokio::test]
-async fn the_region_comes_from_instance_metadata_with_an_imdsv2_token() {
+/// Starts a daemon with no region configured against a fake IMDS whose token call answers
+/// `token_status`; returns its `/debug/status` destination and how many IMDSv1 reads it made.
+async fn region_from_imds(token_status: u16) -> (serde_json::Value, usize) {
     let fake = FakeXray::start().await;
-    let (imds, v1) = fake_imds(200).await;
+    let (imds, v1) = fake_imds(token_status).await;
     let endpoint = format!("http://{imds}");
     let daemon = Running::start_with_env(
         args_without_region(&fake),
@@ -80,25 +81,23 @@ async fn the_region_comes_from_instance_metadata_with_an_imdsv2_token() {
     )
     .await;
     let destination = destination(&daemon).await;
+    daemon.shutdown().await;
+    (destination, v1.load(Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn the_region_comes_from_instance_metadata_with_an_imdsv2_token() {
+    let (destination, v1_reads) = region_from_imds(200).await;
     assert_eq!(destination["region"], "eu-west-3");
     assert_eq!(destination["region_source"], "ec2 metadata");
-    assert_eq!(v1.load(Ordering::Relaxed), 0);
-    daemon.shutdown().await;
+    assert_eq!(v1_reads, 0);
 }
 
 #[tokio::test]
 async fn instance_metadata_falls_back_to_imdsv1_when_tokens_are_refused() {
-    let fake = FakeXray::start().await;
-    let (imds, v1) = fake_imds(403).await;
-    let endpoint = format!("http://{imds}");
-    let daemon = Running::start_with_env(
-        args_without_region(&fake),
-        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)],
-    )
-    .await;
-    assert_eq!(destination(&daemon).await["region"], "ap-south-2");
-    assert_eq!(v1.load(Ordering::Relaxed), 1);
-    daemon.shutdown().await;
+    let (destination, v1_reads) = region_from_imds(403).await;
+    assert_eq!(destination["region"], "ap-south-2");
+    assert_eq!(v1_reads, 1);
 }
 
 #[tokio::test]
