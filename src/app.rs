@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, Transport};
 use crate::net;
 use crate::proxy::{ProxyPolicy, ProxyTarget, TcpPortState, TcpServer};
 use crate::reload::{self, ConfigInputs, ConfigWatcher, ReloadRequest};
+use crate::telemetry::{self, BackendErrors};
 use crate::upload::local::LocalSink;
 use crate::upload::retry::RetryPolicy;
 use crate::upload::xray::XraySink;
@@ -100,6 +101,8 @@ pub struct Daemon {
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
     _watcher: Option<ConfigWatcher>,
+    backend_errors: Arc<BackendErrors>,
+    telemetry: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Daemon {
@@ -220,6 +223,8 @@ impl Daemon {
             reload_tx,
             reload_rx,
             _watcher: watcher,
+            backend_errors: Arc::new(BackendErrors::default()),
+            telemetry: None,
         })
     }
 
@@ -266,11 +271,13 @@ impl Daemon {
             self.retry_policy.subscribe(),
             self.metrics.clone(),
             Arc::clone(&self.status),
+            Arc::clone(&self.backend_errors),
             abort_uploads.clone(),
         );
         let segments_rx = self.segments_rx.take().expect("run is called once");
         let mut pipeline = tokio::spawn(uploader.run(segments_rx));
         drop(self.pipeline_latch.take());
+        self.restart_telemetry();
 
         tokio::pin!(shutdown);
         loop {
@@ -288,6 +295,7 @@ impl Daemon {
         self.tcp_connections.close();
         self.tcp_connections.wait().await;
         while self.retiring.join_next().await.is_some() {}
+        let telemetry = self.telemetry.take();
         // The receivers are gone; with the last sender dropped the batcher sees the end.
         drop(self.segments_tx);
 
@@ -311,8 +319,53 @@ impl Daemon {
             total("xray_segments_rejected_total"),
             total("xray_segments_dropped_total"),
         );
+        // After the flush, so the final telemetry record counts it.
+        if let Some((stop, task)) = telemetry {
+            stop.cancel();
+            let _ = task.await;
+        }
         self.admin.stop();
         RunSummary { drained }
+    }
+
+    /// (Re)starts the telemetry reporter for the current configuration, if it is enabled.
+    fn restart_telemetry(&mut self) {
+        if let Some((stop, task)) = self.telemetry.take() {
+            stop.cancel();
+            self.retiring.spawn(async move {
+                let _ = task.await;
+            });
+        }
+        let config = &self.loaded.config;
+        if !telemetry::enabled(config) {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let (metrics, errors, sink) = (
+            self.metrics.clone(),
+            Arc::clone(&self.backend_errors),
+            self.sink_tx.subscribe(),
+        );
+        let (env, local_mode, arn) = (
+            self.inputs.env.clone(),
+            config.local_mode,
+            config.resource_arn.clone(),
+        );
+        let task_stop = stop.clone();
+        let task = tokio::spawn(async move {
+            let lookup = |name: &str| env.get(name).cloned();
+            let identity = telemetry::resolve_identity(local_mode, arn.as_deref(), &lookup).await;
+            telemetry::run(
+                identity,
+                metrics,
+                errors,
+                sink,
+                telemetry::INTERVAL,
+                task_stop,
+            )
+            .await;
+        });
+        self.telemetry = Some((stop, task));
     }
 
     async fn reload(&mut self, request: ReloadRequest) {
@@ -449,6 +502,12 @@ impl Daemon {
         }
         self.loaded = Arc::new(new);
         self.config_tx.send_replace(Arc::clone(&self.loaded));
+        if old.disable_telemetry != config.disable_telemetry
+            || old.resource_arn != config.resource_arn
+            || old.local_mode != config.local_mode
+        {
+            self.restart_telemetry();
+        }
         Ok(if changed.is_empty() {
             "no settings changed".to_owned()
         } else {

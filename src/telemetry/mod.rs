@@ -93,9 +93,13 @@ pub async fn run_with<D: Deliver>(
         }
     };
     cut(&mut reporter, &metrics, &errors, SystemTime::now());
-    let flushed =
-        tokio::time::timeout_at(deadline, flush(&mut reporter, &deliver, &errors, sent)).await;
-    if flushed.is_err() || reporter.held() > 0 {
+    // Past the deadline a call in flight was just dropped; starting another could send its
+    // records twice.
+    if Instant::now() < deadline {
+        let _ =
+            tokio::time::timeout_at(deadline, flush(&mut reporter, &deliver, &errors, sent)).await;
+    }
+    if reporter.held() > 0 {
         tracing::debug!(
             "Telemetry stopped with {} record(s) not sent",
             reporter.held()

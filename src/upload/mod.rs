@@ -19,6 +19,7 @@ use crate::admin::StatusBoard;
 use crate::batch::{Batcher, MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT};
 use crate::ingest::Segment;
 use crate::metrics::{DropReason, Metrics, UploadOutcome};
+use crate::telemetry::BackendErrors;
 use local::LocalSink;
 use retry::{Failure, Next, RetryPolicy};
 use xray::XraySink;
@@ -111,6 +112,7 @@ pub struct Uploader {
     policy: watch::Receiver<RetryPolicy>,
     metrics: Metrics,
     status: Arc<StatusBoard>,
+    backend_errors: Arc<BackendErrors>,
     abort: CancellationToken,
 }
 
@@ -124,6 +126,7 @@ impl Uploader {
         policy: watch::Receiver<RetryPolicy>,
         metrics: Metrics,
         status: Arc<StatusBoard>,
+        backend_errors: Arc<BackendErrors>,
         abort: CancellationToken,
     ) -> Self {
         Uploader {
@@ -132,6 +135,7 @@ impl Uploader {
             policy,
             metrics,
             status,
+            backend_errors,
             abort,
         }
     }
@@ -240,6 +244,7 @@ impl Uploader {
                     metrics.upload_request(error.failure.outcome()).inc();
                     tracing::error!("Sending segment batch failed with: {}", error.message);
                     self.status.upload_failed(&error.message);
+                    self.backend_errors.record(&error.failure);
                     error.failure
                 }
             };

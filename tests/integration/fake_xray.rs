@@ -2,6 +2,11 @@
 //! test secret, records the documents it receives, and answers as scripted (failures,
 //! throttling, stalls, unprocessed segments) so tests control the backend.
 //! `PutTelemetryRecords` calls have their own script and record their parsed bodies.
+//!
+//! Transport faults: a reply can reset the connection instead of answering
+//! ([`Reply::Reset`], [`FakeXray::resets`]), requests can be answered slowly for a while
+//! ([`FakeXray::slow`]), and the listener can go away and come back on the same port
+//! ([`FakeXray::go_offline`], [`FakeXray::come_back`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,12 +36,17 @@ pub enum Reply {
     Stall(Duration),
     /// 200, but these segment ids come back unprocessed with this code (others recorded).
     Unprocessed(Vec<String>, &'static str),
+    /// No response: the connection is reset (RST) once the request has been read; nothing
+    /// is recorded.
+    Reset,
 }
 
 /// A request the fake received on a path other than `/TraceSegments`.
 #[derive(Debug, Clone)]
 pub struct Proxied {
     pub path: String,
+    /// The `Host` header as received (the daemon sets it to the endpoint's authority).
+    pub host: Option<String>,
     pub forwarded_for: Option<String>,
     pub body: Vec<u8>,
 }
@@ -53,6 +63,15 @@ struct Recorded {
     script: VecDeque<Reply>,
     telemetry: Vec<serde_json::Value>,
     telemetry_script: VecDeque<Reply>,
+    /// Until when every request is reset (`resets`).
+    resets_until: Option<tokio::time::Instant>,
+    /// Until when every request is answered only after a delay (`slow`).
+    slow_until: Option<(tokio::time::Instant, Duration)>,
+    /// The `Authorization` and `x-amz-security-token` values received, for leak checks.
+    authorizations: Vec<String>,
+    security_tokens: Vec<String>,
+    /// Connections accepted (each one a TCP connection from the daemon).
+    connections: usize,
 }
 
 /// A running fake.
@@ -60,18 +79,95 @@ struct Recorded {
 pub struct FakeXray {
     pub addr: SocketAddr,
     state: Arc<Mutex<Recorded>>,
+    /// Stops the current listener and every connection it accepted (`go_offline`).
+    serving: Arc<Mutex<tokio_util::sync::CancellationToken>>,
 }
+
+/// Handed to the handler of every request: resets the request's connection.
+#[derive(Clone)]
+struct ConnectionReset(tokio_util::sync::CancellationToken);
 
 impl FakeXray {
     pub async fn start() -> FakeXray {
-        let state = Arc::new(Mutex::new(Recorded::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeXray {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::new(Mutex::new(Recorded::default())),
+            serving: Arc::default(),
+        };
+        fake.serve(listener);
+        fake
+    }
+
+    /// Accepts connections on `listener` until `go_offline`. Each connection is served with
+    /// HTTP/1.1 and can be reset from its handler.
+    fn serve(&self, listener: tokio::net::TcpListener) {
         let app = axum::Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeXray { addr, state }
+            .with_state(Arc::clone(&self.state));
+        let serving = tokio_util::sync::CancellationToken::new();
+        *self.serving.lock().unwrap() = serving.clone();
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    () = serving.cancelled() => return,
+                };
+                state.lock().unwrap().connections += 1;
+                tokio::spawn(serve_connection(stream, app.clone(), serving.clone()));
+            }
+        });
+    }
+
+    /// Closes the listener and every open connection: the endpoint refuses connections
+    /// (nothing listens on the port) until `come_back`.
+    pub fn go_offline(&self) {
+        self.serving.lock().unwrap().cancel();
+    }
+
+    /// Listens on the same port again.
+    pub async fn come_back(&self) {
+        // The port was ours a moment ago; retry briefly in case the kernel is slow to free it.
+        for _ in 0..100 {
+            if let Ok(listener) = tokio::net::TcpListener::bind(self.addr).await {
+                self.serve(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot listen on {} again", self.addr);
+    }
+
+    /// Every `PutTraceSegments` request until `duration` from now is reset without an answer.
+    pub fn resets(&self, duration: Duration) {
+        self.state.lock().unwrap().resets_until = Some(tokio::time::Instant::now() + duration);
+    }
+
+    /// Every `PutTraceSegments` request until `duration` from now is answered only after
+    /// `delay`; its documents are recorded only if the answer is sent (a request whose client
+    /// gave up first is dropped unprocessed, as behind a load balancer that timed out).
+    pub fn slow(&self, duration: Duration, delay: Duration) {
+        self.state.lock().unwrap().slow_until =
+            Some((tokio::time::Instant::now() + duration, delay));
+    }
+
+    /// The `Authorization` header values received.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.lock().unwrap().authorizations.clone()
+    }
+
+    /// The `x-amz-security-token` header values received.
+    pub fn security_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().security_tokens.clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn endpoint(&self) -> String {
@@ -148,6 +244,10 @@ async fn proxied_reply(
 ) -> Response {
     state.lock().unwrap().proxied.push(Proxied {
         path: uri.path().to_owned(),
+        host: headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         forwarded_for: headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
@@ -157,7 +257,7 @@ async fn proxied_reply(
     match reply {
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
-        Reply::Accept | Reply::Unprocessed(..) => {}
+        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset => {}
     }
     let echo = serde_json::json!({ "Path": uri.path(), "Body": String::from_utf8_lossy(body) });
     (
@@ -168,8 +268,39 @@ async fn proxied_reply(
         .into_response()
 }
 
+/// Serves one connection until it closes, its handler resets it, or the fake goes offline.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: axum::Router,
+    serving: tokio_util::sync::CancellationToken,
+) {
+    use tower::ServiceExt;
+    // A second handle on the socket, so a reset can set SO_LINGER 0 (close sends RST).
+    let Ok(twin) = socket2::SockRef::from(&stream).try_clone() else {
+        return;
+    };
+    let reset = ConnectionReset(tokio_util::sync::CancellationToken::new());
+    let handle = reset.clone();
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<_>| {
+        request.extensions_mut().insert(handle.clone());
+        app.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        () = reset.0.cancelled() => {
+            let _ = twin.set_linger(Some(Duration::ZERO));
+        }
+        () = serving.cancelled() => {
+            let _ = twin.set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
 async fn handle(
     State(state): State<Arc<Mutex<Recorded>>>,
+    axum::Extension(reset): axum::Extension<ConnectionReset>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -188,6 +319,10 @@ async fn handle(
         recorded.requests += 1;
         recorded.user_agents.extend(header("user-agent"));
         recorded.timestamps.extend(header("x-amzn-xray-timestamp"));
+        recorded.authorizations.extend(header("authorization"));
+        recorded
+            .security_tokens
+            .extend(header("x-amz-security-token"));
         if !signature_ok {
             recorded.bad_signatures += 1;
         }
@@ -216,9 +351,26 @@ async fn handle(
         .ok()
         .and_then(|v| serde_json::from_value(v["TraceSegmentDocuments"].clone()).ok())
         .unwrap_or_default();
+    let (resetting, slow) = {
+        let recorded = state.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        (
+            recorded.resets_until.is_some_and(|until| now < until),
+            recorded
+                .slow_until
+                .and_then(|(until, delay)| (now < until).then_some(delay)),
+        )
+    };
+    if resetting {
+        return reset_connection(&reset).await;
+    }
+    if let Some(delay) = slow {
+        tokio::time::sleep(delay).await;
+    }
     match reply {
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
+        Reply::Reset => return reset_connection(&reset).await,
         Reply::Accept | Reply::Unprocessed(..) => {}
     }
     let unprocessed_ids = match &reply {
@@ -248,11 +400,17 @@ async fn telemetry_reply(state: &Mutex<Recorded>, reply: Reply, body: &[u8]) -> 
     match reply {
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
-        Reply::Accept | Reply::Unprocessed(..) => {}
+        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset => {}
     }
     let parsed = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     state.lock().unwrap().telemetry.push(parsed);
     (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
+}
+
+/// Resets the connection this request came on; the response is never sent.
+async fn reset_connection(reset: &ConnectionReset) -> Response {
+    reset.0.cancel();
+    std::future::pending().await
 }
 
 fn error(status: u16, code: &str) -> Response {

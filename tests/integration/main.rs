@@ -4,7 +4,10 @@
 mod admin;
 mod aws;
 mod binary;
+mod exposure;
 mod fake_xray;
+mod faults;
+mod hostile;
 mod pipeline;
 mod proxy;
 mod reload;
