@@ -19,7 +19,7 @@ use crate::aws::credentials::CredentialsCache;
 use crate::budget::{self, MemoryBudget};
 use crate::config::{Config, Loaded};
 use crate::ingest::udp::{self, UdpListener};
-use crate::ingest::{Admission, Segment};
+use crate::ingest::{Admission, SegmentReceiver, SegmentSender};
 use crate::logging::LogHandle;
 use crate::metrics::{Metrics, Transport};
 use crate::net;
@@ -31,8 +31,9 @@ use crate::upload::retry::RetryPolicy;
 use crate::upload::xray::XraySink;
 use crate::upload::{Concurrency, Sink, Uploader};
 
-/// UDP receive tasks sharing the socket (the Go daemon runs two readers).
-const UDP_RECEIVE_WORKERS: usize = 2;
+/// UDP receive tasks per socket. One task draining the socket in rounds wakes less than
+/// several competing for the same readiness events (the Go daemon runs two blocking readers).
+const UDP_RECEIVE_WORKERS: usize = 1;
 
 /// How long a listener moved by a reload keeps receiving on its old address.
 const REBIND_LINGER: Duration = Duration::from_secs(2);
@@ -93,8 +94,8 @@ pub struct Daemon {
     retry_policy: watch::Sender<RetryPolicy>,
     udp: UdpListener,
     retiring: JoinSet<()>,
-    segments_tx: mpsc::UnboundedSender<Segment>,
-    segments_rx: Option<mpsc::UnboundedReceiver<Segment>>,
+    segments_tx: SegmentSender,
+    segments_rx: Option<SegmentReceiver>,
     stop_ingest: CancellationToken,
     admin: AdminServer,
     admin_addr: SocketAddr,

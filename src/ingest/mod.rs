@@ -13,6 +13,12 @@ use crate::metrics::IngestCounters;
 use crate::segment::{self, Rejection};
 use std::sync::Arc;
 
+/// Where admitted segments go: one message per receive round (not per segment), so the
+/// batcher wakes once per round of datagrams.
+pub type SegmentSender = tokio::sync::mpsc::UnboundedSender<Vec<Segment>>;
+/// The batcher's end of [`SegmentSender`].
+pub type SegmentReceiver = tokio::sync::mpsc::UnboundedReceiver<Vec<Segment>>;
+
 /// An accepted segment document and its share of the memory budget.
 #[derive(Debug)]
 pub struct Segment {

@@ -9,10 +9,9 @@ use std::io;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, Segment};
+use super::{Admission, SegmentSender};
 use crate::segment::{self, Rejection, MAX_DATAGRAM_BYTES};
 
 /// One line of the stream, as far as framing cares.
@@ -101,7 +100,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 pub async fn serve(
     stream: TcpStream,
     admission: Admission,
-    segments: mpsc::UnboundedSender<Segment>,
+    segments: SegmentSender,
     stop: CancellationToken,
 ) {
     let peer = stream
@@ -136,7 +135,7 @@ pub async fn serve(
                     }
                 };
                 if let Some(segment) = admitted {
-                    if segments.send(segment).is_err() {
+                    if segments.send(vec![segment]).is_err() {
                         break;
                     }
                 }

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, Segment};
+use super::{Admission, SegmentSender};
 use crate::net::{self, BindError, Network};
 use crate::segment::MAX_DATAGRAM_BYTES;
 
@@ -53,7 +52,7 @@ impl UdpListener {
         socket: UdpSocket,
         workers: usize,
         admission: &Admission,
-        segments: &mpsc::UnboundedSender<Segment>,
+        segments: &SegmentSender,
         stop: CancellationToken,
     ) -> Self {
         let socket = Arc::new(socket);
@@ -101,7 +100,7 @@ impl UdpListener {
 async fn receive(
     socket: Arc<UdpSocket>,
     admission: Admission,
-    segments: mpsc::UnboundedSender<Segment>,
+    segments: SegmentSender,
     cancel: CancellationToken,
 ) {
     // One extra byte tells a datagram over the limit from one exactly at it.
@@ -137,9 +136,10 @@ fn drain(
     socket: &UdpSocket,
     buffer: &mut [u8],
     admission: &Admission,
-    segments: &mpsc::UnboundedSender<Segment>,
+    segments: &SegmentSender,
     limit: usize,
 ) -> bool {
+    let mut admitted = Vec::new();
     let mut received_any = false;
     for _ in 0..limit {
         match socket.try_recv_from(buffer) {
@@ -147,9 +147,7 @@ fn drain(
             Ok((len, _peer)) => {
                 received_any = true;
                 if let Ok(segment) = admission.admit_datagram(&buffer[..len]) {
-                    if segments.send(segment).is_err() {
-                        return false;
-                    }
+                    admitted.push(segment);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -162,7 +160,7 @@ fn drain(
     if received_any {
         admission.note_activity();
     }
-    true
+    admitted.is_empty() || segments.send(admitted).is_ok()
 }
 
 #[cfg(test)]

@@ -20,13 +20,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::aws::credentials::CredentialsCache;
-use crate::ingest::{tcp, Admission, Segment};
+use crate::ingest::{tcp, Admission, SegmentSender};
 use crate::metrics::Metrics;
 
 /// The paths every X-Ray SDK's centralized sampling uses.
@@ -90,7 +90,7 @@ pub struct TcpPortState {
     /// Admission for segment streams (counted as `transport="tcp"`).
     pub admission: Admission,
     /// Where admitted segments go.
-    pub segments: mpsc::UnboundedSender<Segment>,
+    pub segments: SegmentSender,
 }
 
 /// The TCP listener and its connections.

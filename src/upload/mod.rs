@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::StatusBoard;
 use crate::batch::{Batcher, MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT};
-use crate::ingest::Segment;
+use crate::ingest::{Segment, SegmentReceiver};
 use crate::metrics::{DropReason, Metrics, UploadOutcome};
 use crate::telemetry::BackendErrors;
 use local::LocalSink;
@@ -147,7 +147,7 @@ impl Uploader {
     }
 
     /// Batches segments until the channel closes, then flushes and waits for every upload.
-    pub async fn run(self, mut segments: mpsc::UnboundedReceiver<Segment>) {
+    pub async fn run(self, mut segments: SegmentReceiver) {
         let mut batcher = Batcher::new(MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT);
         let uploads = TaskTracker::new();
         let mut received = Vec::with_capacity(MAX_BATCH_SEGMENTS);
@@ -165,7 +165,7 @@ impl Uploader {
                         break;
                     }
                     let now = Instant::now();
-                    for segment in received.drain(..) {
+                    for segment in received.drain(..).flatten() {
                         if let Some(batch) = batcher.push(segment, now) {
                             self.dispatch(batch, &uploads).await;
                         }
@@ -177,8 +177,8 @@ impl Uploader {
                 () = self.abort.cancelled() => {
                     segments.close();
                     let mut left = batcher.flush().map_or(0, |batch| batch.len());
-                    while let Ok(_segment) = segments.try_recv() {
-                        left += 1;
+                    while let Ok(segments) = segments.try_recv() {
+                        left += segments.len();
                     }
                     self.drop_at_shutdown(left);
                     break;
