@@ -56,6 +56,21 @@ impl CredentialsCache {
     }
 }
 
+impl ProvideCredentials for CredentialsCache {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            self.get().await.map_err(|e| {
+                aws_credential_types::provider::error::CredentialsError::provider_error(e)
+            })
+        })
+    }
+}
+
 /// Whether credentials expiring at `expiry` can still be used at `now`.
 pub fn still_fresh(expiry: Option<SystemTime>, now: SystemTime) -> bool {
     expiry.is_none_or(|expiry| now + REFRESH_BEFORE_EXPIRY < expiry)

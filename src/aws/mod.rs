@@ -75,26 +75,34 @@ pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, pro
         .http_client(proxy::http_client(proxy.as_ref())?)
         .load()
         .await;
-    let Some(role_arn) = &settings.role_arn else {
-        return Ok(AwsSetup {
-            sdk_config: base,
-            connector,
-        });
+    let provider = match &settings.role_arn {
+        None => base.credentials_provider(),
+        Some(role_arn) => {
+            let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                .session_name(&settings.role_session_name)
+                .configure(&base);
+            if let Some(external_id) = &settings.role_external_id {
+                role = role.external_id(external_id);
+            }
+            tracing::info!(
+                "Assuming role {role_arn} (session {})",
+                settings.role_session_name
+            );
+            Some(SharedCredentialsProvider::new(role.build().await))
+        }
     };
-    let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
-        .session_name(&settings.role_session_name)
-        .configure(&base);
-    if let Some(external_id) = &settings.role_external_id {
-        role = role.external_id(external_id);
-    }
-    tracing::info!(
-        "Assuming role {role_arn} (session {})",
-        settings.role_session_name
-    );
-    let sdk_config = base
-        .to_builder()
-        .credentials_provider(SharedCredentialsProvider::new(role.build().await))
-        .build();
+    // One cache in front of the chain (or the role) for every user of credentials: the SDK
+    // clients, the sampling proxy and the status probe share each resolution, so a role is
+    // assumed once per refresh rather than once per user.
+    let sdk_config = match provider {
+        Some(provider) => base
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(
+                credentials::CredentialsCache::new(provider),
+            ))
+            .build(),
+        None => base,
+    };
     Ok(AwsSetup {
         sdk_config,
         connector,

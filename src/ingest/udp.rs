@@ -16,7 +16,7 @@ use crate::segment::MAX_DATAGRAM_BYTES;
 
 /// Datagrams handled per wake-up before the loop yields, so a flood cannot starve the admin
 /// server or the batcher that share the runtime.
-const DATAGRAMS_PER_YIELD: usize = 64;
+const DATAGRAMS_PER_YIELD: usize = 256;
 
 /// Binds a UDP socket for `address` with the requested receive buffer.
 pub fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, BindError> {

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::aws::credentials::CredentialsCache;
 use crate::ingest::{tcp, Admission, SegmentSender};
 use crate::metrics::Metrics;
+use aws_credential_types::provider::ProvideCredentials;
 
 /// The paths every X-Ray SDK's centralized sampling uses.
 pub const DEFAULT_PATHS: [&str; 2] = ["/GetSamplingRules", "/SamplingTargets"];
@@ -47,8 +47,8 @@ pub struct ProxyTarget {
     pub endpoint: http::Uri,
     /// The signing region.
     pub region: String,
-    /// The daemon's credentials (role included).
-    pub credentials: CredentialsCache,
+    /// The daemon's credentials (role included), cached and shared with the SDK clients.
+    pub credentials: aws_credential_types::provider::SharedCredentialsProvider,
     /// The outbound connector (proxy, TLS), shared with the SDK clients' settings.
     pub connector: Connector,
 }
@@ -333,12 +333,17 @@ async fn forward(
     };
     let mut upstream = upstream_request(&parts, body, &target.endpoint)
         .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e))?;
-    let credentials = target.credentials.get().await.map_err(|e| {
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not forwarded unsigned: {e}"),
-        )
-    })?;
+    let credentials = target
+        .credentials
+        .provide_credentials()
+        .await
+        .map_err(|e| {
+            let reason = crate::upload::xray::aws_error_chain(&e);
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not forwarded unsigned: credentials unavailable: {reason}"),
+            )
+        })?;
     sign::sign(
         &mut upstream,
         &credentials,

@@ -103,7 +103,11 @@ where
         },
         SdkError::TimeoutError(_) => Failure::Timeout,
         SdkError::DispatchFailure(dispatch) if dispatch.is_timeout() => Failure::Timeout,
-        SdkError::DispatchFailure(_) => super::retry::connection_failure(error),
+        SdkError::DispatchFailure(dispatch) if dispatch.is_io() => {
+            super::retry::connection_failure(error)
+        }
+        // Not a network failure: typically credentials that could not be loaded.
+        SdkError::DispatchFailure(_) => Failure::Other,
         _ => Failure::Other,
     };
     SendFailure {
