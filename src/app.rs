@@ -89,6 +89,7 @@ pub struct Daemon {
     proxy_target: watch::Sender<Option<Arc<ProxyTarget>>>,
     proxy_policy: watch::Sender<ProxyPolicy>,
     tcp: TcpServer,
+    tcp_state: TcpPortState,
     tcp_connections: TaskTracker,
     retry_policy: watch::Sender<RetryPolicy>,
     udp: UdpListener,
@@ -182,9 +183,10 @@ impl Daemon {
             segments: segments_tx.clone(),
         };
         let tcp_connections = TaskTracker::new();
-        let tcp = start_tcp(
+        let tcp = serve_tcp(
+            net::bind_tcp(&config.tcp_address)?,
             &config.tcp_address,
-            tcp_state,
+            tcp_state.clone(),
             &stop_ingest,
             &tcp_connections,
         )?;
@@ -211,6 +213,7 @@ impl Daemon {
             proxy_target,
             proxy_policy,
             tcp,
+            tcp_state,
             tcp_connections,
             retry_policy: watch::Sender::new(retry_policy(&config)),
             udp,
@@ -296,7 +299,8 @@ impl Daemon {
         self.tcp_connections.wait().await;
         while self.retiring.join_next().await.is_some() {}
         let telemetry = self.telemetry.take();
-        // The receivers are gone; with the last sender dropped the batcher sees the end.
+        // The receivers are gone; with the last senders dropped the batcher sees the end.
+        drop(self.tcp_state);
         drop(self.segments_tx);
 
         let shutdown_timeout = self.loaded.config.shutdown_timeout;
@@ -451,25 +455,14 @@ impl Daemon {
         self.proxy_policy
             .send_replace(ProxyPolicy::from_config(&config));
         if let Some(listener) = new_tcp {
-            let state = TcpPortState {
-                target: self.proxy_target.subscribe(),
-                policy: self.proxy_policy.subscribe(),
-                metrics: self.metrics.clone(),
-                admission: Admission::new(
-                    Arc::clone(&self.budget),
-                    self.metrics.ingest(Transport::Tcp),
-                    Arc::clone(&self.status),
-                ),
-                segments: self.segments_tx.clone(),
-            };
-            let server = TcpServer::start(
+            let server = serve_tcp(
                 listener,
-                state,
-                self.stop_ingest.child_token(),
-                self.tcp_connections.clone(),
+                &config.tcp_address,
+                self.tcp_state.clone(),
+                &self.stop_ingest,
+                &self.tcp_connections,
             )
             .map_err(|e| e.to_string())?;
-            tracing::info!("Starting proxy http server on {}", server.local_addr());
             // Connections already open stay served; only new ones go to the new address.
             self.retiring
                 .spawn(std::mem::replace(&mut self.tcp, server).stop_accepting());
@@ -547,15 +540,16 @@ struct Upstream {
     proxy: Option<Arc<ProxyTarget>>,
 }
 
-fn start_tcp(
+/// Serves the TCP port on `listener` (bound to `address`).
+fn serve_tcp(
+    listener: std::net::TcpListener,
     address: &str,
     state: TcpPortState,
     stop: &CancellationToken,
     connections: &TaskTracker,
-) -> Result<TcpServer, StartError> {
-    let listener = net::bind_tcp(address)?;
+) -> Result<TcpServer, net::BindError> {
     let server = TcpServer::start(listener, state, stop.child_token(), connections.clone())
-        .map_err(|e| StartError::Bind(net::BindError::new(net::Network::Tcp, address, &e)))?;
+        .map_err(|e| net::BindError::new(net::Network::Tcp, address, &e))?;
     tracing::info!("Starting proxy http server on {}", server.local_addr());
     Ok(server)
 }

@@ -272,3 +272,43 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_tcp_port_moves_on_reload() {
+    let fake = FakeXray::start().await;
+    let (udp, old_tcp, new_tcp) = (free_udp_addr(), free_tcp_addr(), free_tcp_addr());
+    let settings = |tcp: SocketAddr| {
+        format!("Version: 2\nSocket:\n  UDPAddress: \"{udp}\"\n  TCPAddress: \"{tcp}\"\n")
+    };
+    let configmap = ConfigMapDir::new(&settings(old_tcp));
+    let file = configmap.file();
+    let args = [
+        "-o",
+        "-n",
+        fake_xray::REGION,
+        "--endpoint",
+        &fake.endpoint(),
+        "--admin-address",
+        "127.0.0.1:0",
+        "-c",
+        file.to_str().unwrap(),
+    ];
+    let daemon = Running::start(args.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(daemon.tcp, old_tcp);
+
+    configmap.update(&settings(new_tcp));
+    assert!(eventually(Duration::from_secs(4), || reloads(&daemon, "success") == 1).await);
+    let (status, _) = http("POST", new_tcp, "/GetSamplingRules").await;
+    assert_eq!(status, 200, "the proxy answers on the new address");
+    assert_eq!(fake.bad_signatures(), 0);
+    // The old listener closes in the background once the new one serves.
+    assert!(
+        eventually(Duration::from_secs(2), || std::net::TcpStream::connect(
+            old_tcp
+        )
+        .is_err())
+        .await,
+        "the old address is released"
+    );
+    daemon.shutdown().await;
+}
