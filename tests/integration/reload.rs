@@ -241,7 +241,11 @@ async fn endpoint_buffer_and_admin_address_change_together() {
     let (status, body) = http("GET", new_admin, "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready"));
     assert!(
-        std::net::TcpStream::connect(old_admin).is_err(),
+        eventually(Duration::from_secs(2), || std::net::TcpStream::connect(
+            old_admin
+        )
+        .is_err())
+        .await,
         "the old admin address is released"
     );
     daemon.shutdown().await;
