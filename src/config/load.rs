@@ -637,12 +637,39 @@ fn describe_line(
         }
         other => serde_yaml::Value::from(other.to_string()),
     };
-    let text = serde_yaml::to_string(&scalar).unwrap_or_default();
+    let rendered = serde_yaml::to_string(&scalar).unwrap_or_default();
+    // A multi-line value comes out as a block scalar, which the trailing comment would join;
+    // such values (and any with a raw CR) are written as one double-quoted line instead.
+    let text = match &scalar {
+        serde_yaml::Value::String(value) if rendered.trim_end().contains(['\n', '\r']) => {
+            yaml_double_quoted(value)
+        }
+        _ => rendered.trim_end().to_owned(),
+    };
     let origin = sources
         .get(id)
         .map_or_else(|| Source::Default.to_string(), ToString::to_string)
         .replace(['\n', '\r'], " ");
-    format!("{indent}{name}: {} # {origin}\n", text.trim_end())
+    format!("{indent}{name}: {text} # {origin}\n")
+}
+
+/// `text` as a YAML double-quoted scalar on one line: control characters (line breaks
+/// included) and the Unicode line separators are escaped.
+fn yaml_double_quoted(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                quoted.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// The value `config` holds for option `id`, as the option table types it.

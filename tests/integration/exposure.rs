@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::faults::{unique_ids, Xray};
+use crate::faults::{unique_ids, Scrape, Xray};
 use crate::{args_for, datagram, fake_xray, send_paced, FakeXray, Reply, Running};
 
 /// A listener standing for "any other host": counts the connections it gets.
@@ -428,7 +428,23 @@ async fn no_secret_token_or_signature_appears_anywhere_at_any_log_level() {
 
     // More uploads after the reloads, then a clean exit.
     send_paced(xray.udp, &[datagram("leak-after", 100)], 1_000).await;
-    fake.wait_for_documents(121, Duration::from_secs(10)).await;
+    let documents = fake.wait_for_documents(121, Duration::from_secs(10)).await;
+    assert_eq!(unique_ids(&documents).len(), 121);
+    // The counters agree with X-Ray (its answer reaches the daemon just after it records).
+    let mut scrape = Scrape::of(xray.admin).await;
+    for _ in 0..50 {
+        if scrape.value("xray_segments_sent_total") == 121 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        scrape = Scrape::of(xray.admin).await;
+    }
+    assert_eq!(scrape.value("xray_segments_sent_total"), 121);
+    assert_eq!(
+        scrape.identity_gap(),
+        0,
+        "received = sent + rejected + dropped + buffered"
+    );
     xray.signal("TERM");
     let (code, _) = tokio::task::block_in_place(|| xray.wait_exit(Duration::from_secs(15)));
     assert_eq!(code, 0);

@@ -281,8 +281,11 @@ async fn slow_answers_past_a_small_budget_lose_exactly_the_counted_drops() {
 /// The binary under test: `XRAY_TEST_BINARY` (e.g. `target/release/xray`, to measure a
 /// release build with the same scenarios), else the debug build cargo made for this test.
 pub fn binary() -> PathBuf {
-    std::env::var_os("XRAY_TEST_BINARY")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_xray")), PathBuf::from)
+    std::env::var_os("XRAY_TEST_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_xray")),
+        // Relative to where the tests run (the crate root), not to the daemon's directory.
+        |path| std::path::absolute(path).unwrap(),
+    )
 }
 
 /// A running `xray` process with its log, stdout and stderr captured in a temp directory,

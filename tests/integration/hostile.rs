@@ -375,3 +375,58 @@ async fn a_sustained_flood_keeps_memory_within_the_budget_and_recovers_at_once()
         "no drop other than buffer_full"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inputs the fuzzers found (fuzz/, scripts/fuzz.sh), kept as regression tests.
+
+/// Loads `loaded`'s `/debug/config` rendering as a `-c` file; the configuration must come
+/// back unchanged (the rendering promises to be "itself a valid `-c` file").
+fn assert_describe_round_trips(loaded: &xray_daemon::config::Loaded) {
+    let described = xray_daemon::config::describe(&loaded.config, &loaded.sources);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("described.yaml");
+    std::fs::write(&path, &described).unwrap();
+    let flags = xray_daemon::cli::Flags {
+        options: Vec::new(),
+        config: Some(path),
+    };
+    let reloaded = xray_daemon::config::load(&flags, &Default::default(), &[])
+        .unwrap_or_else(|e| panic!("the rendering does not load: {e}\n{described}"));
+    assert_eq!(reloaded.config, loaded.config, "rendered as:\n{described}");
+}
+
+fn loaded_from_flags(args: &[&str]) -> xray_daemon::config::Loaded {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let Ok(xray_daemon::cli::Command::Run(flags)) = xray_daemon::cli::parse(&args) else {
+        panic!("{args:?} parse");
+    };
+    xray_daemon::config::load(&flags, &Default::default(), &[]).expect("a valid configuration")
+}
+
+fn loaded_from_file(text: &[u8]) -> xray_daemon::config::Loaded {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.yaml");
+    std::fs::write(&path, text).unwrap();
+    let flags = xray_daemon::cli::Flags {
+        options: Vec::new(),
+        config: Some(path),
+    };
+    xray_daemon::config::load(&flags, &Default::default(), &[]).expect("a valid configuration")
+}
+
+/// fuzz/artifacts/cli_flags/crash-5b51221ac626f229c2f4668792ea69f822f8bdbd: `-n` with a
+/// value holding a newline. The value is rendered as a YAML block scalar and the source
+/// comment (` # flag -n`) lands inside it, so the file loads with a different region.
+#[test]
+fn fuzz_cli_flags_a_value_with_a_newline_survives_the_config_rendering() {
+    assert_describe_round_trips(&loaded_from_flags(&["-n", "su-sa-\u{FFFD}0\n-o"]));
+}
+
+/// fuzz/artifacts/config_file/crash-17baaa69cb9ff8e8174bd4851ba7dbbf1b07fbf5 (shortened):
+/// a quoted `LogLevel` holding carriage returns. Its rendering is not valid YAML at all.
+#[test]
+fn fuzz_config_file_a_value_with_carriage_returns_survives_the_config_rendering() {
+    assert_describe_round_trips(&loaded_from_file(
+        b"Version: 2\nLogging:\n  LogLevel: \"\r\r\rdebug\"\n",
+    ));
+}
