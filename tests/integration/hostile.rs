@@ -414,7 +414,7 @@ fn loaded_from_file(text: &[u8]) -> xray_daemon::config::Loaded {
     xray_daemon::config::load(&flags, &Default::default(), &[]).expect("a valid configuration")
 }
 
-/// fuzz/artifacts/cli_flags/crash-5b51221ac626f229c2f4668792ea69f822f8bdbd: `-n` with a
+/// fuzz/regressions/cli_flags/crash-5b51221ac626f229c2f4668792ea69f822f8bdbd: `-n` with a
 /// value holding a newline. The value is rendered as a YAML block scalar and the source
 /// comment (` # flag -n`) lands inside it, so the file loads with a different region.
 #[test]
@@ -422,7 +422,7 @@ fn fuzz_cli_flags_a_value_with_a_newline_survives_the_config_rendering() {
     assert_describe_round_trips(&loaded_from_flags(&["-n", "su-sa-\u{FFFD}0\n-o"]));
 }
 
-/// fuzz/artifacts/config_file/crash-17baaa69cb9ff8e8174bd4851ba7dbbf1b07fbf5 (shortened):
+/// fuzz/regressions/config_file/crash-17baaa69cb9ff8e8174bd4851ba7dbbf1b07fbf5 (shortened):
 /// a quoted `LogLevel` holding carriage returns. Its rendering is not valid YAML at all.
 #[test]
 fn fuzz_config_file_a_value_with_carriage_returns_survives_the_config_rendering() {
