@@ -308,7 +308,9 @@ def test_iam_enforced_upload_needs_the_assumed_role(raw_daemon, moto):
 
     harness.poll(lambda: docs["ok"]["id"] in _stored_segment_ids(moto), 20, interval=0.2,
                  what="the role-assuming daemon's segment in moto")
-    assert harness.metric(ok.metrics(), "xray_segments_sent_total") == 1
+    # moto stores the batch before answering; the daemon counts it sent once answered.
+    harness.poll(lambda: harness.metric(ok.metrics(), "xray_segments_sent_total") == 1, 10,
+                 interval=0.1, what="the role-assuming daemon counting its segment as sent")
 
     # The other two were refused: moto recorded their attempts (an upload signed with the
     # user's own key; an AssumeRole with the wrong external id), and stored nothing of theirs.
