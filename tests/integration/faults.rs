@@ -133,8 +133,9 @@ async fn spread(target: SocketAddr, datagrams: &[Vec<u8>], duration: Duration) {
     }
 }
 
-/// Once the fault is over, waits (bounded) until the daemon holds nothing, then checks that every segment is either
-/// delivered exactly once or counted as dropped, and that the counters agree with the fake.
+/// Once the fault is over, waits (bounded) until the daemon holds nothing, then checks that
+/// every segment is either delivered exactly once or counted as dropped, and that the counters
+/// agree with the fake.
 /// `recovery` bounds the wait: the retry backoff (full jitter, capped at 30 s) decides when a
 /// batch notices the recovery.
 async fn settle(
