@@ -118,16 +118,7 @@ mod tests {
 
     use super::*;
 
-    fn env(
-        pairs: &'static [(&'static str, &'static str)],
-    ) -> impl Fn(&str) -> Option<String> + Sync {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::aws::test_env as env;
 
     #[test]
     fn environment_overrides_skip_instance_metadata() {

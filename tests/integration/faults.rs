@@ -11,20 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{args_for, datagram, eventually, fake_xray, send_paced, with, FakeXray, Running};
-
-/// The `id` of each document, in arrival order.
-pub fn ids(documents: &[String]) -> Vec<String> {
-    documents
-        .iter()
-        .map(|d| {
-            serde_json::from_str::<serde_json::Value>(d).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
+use crate::{args_for, datagram, eventually, fake_xray, ids, send_paced, with, FakeXray, Running};
 
 /// Asserts no id arrived twice; returns the set.
 pub fn unique_ids(documents: &[String]) -> HashSet<String> {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::faults::{ids, unique_ids, Scrape, Xray};
+use crate::faults::{unique_ids, Scrape, Xray};
+use crate::ids;
 use crate::{args_for, datagram, eventually, send_paced, FakeXray, Running};
 
 /// The kernel's receive-buffer overflow count for the UDP socket bound to `addr`, from the

@@ -272,3 +272,16 @@ impl ConfigMapDir {
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     }
 }
+
+/// The `id` of each document, in arrival order.
+pub fn ids(documents: &[String]) -> Vec<String> {
+    documents
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}

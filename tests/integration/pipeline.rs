@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::{args_for, datagram, eventually, send_paced, with, FakeXray, Reply, Running};
+use crate::{args_for, datagram, eventually, ids, send_paced, with, FakeXray, Reply, Running};
 
 fn fixtures() -> Vec<Vec<u8>> {
     let dir =
@@ -22,18 +22,6 @@ fn fixtures() -> Vec<Vec<u8>> {
 
 fn body_of(datagram: &[u8]) -> &[u8] {
     &datagram[datagram.iter().position(|&b| b == b'\n').unwrap() + 1..]
-}
-
-fn ids(documents: &[String]) -> Vec<String> {
-    documents
-        .iter()
-        .map(|d| {
-            serde_json::from_str::<serde_json::Value>(d).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test]
