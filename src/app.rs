@@ -30,9 +30,9 @@ use crate::upload::retry::RetryPolicy;
 use crate::upload::xray::XraySink;
 use crate::upload::{Concurrency, Sink, Uploader};
 
-/// UDP receive tasks per socket, as the Go daemon's two readers: one alone cannot cover the
-/// other's scheduling stalls at high rates (measured: kernel drops at 100,000/s).
-const UDP_RECEIVE_WORKERS: usize = 2;
+/// UDP receive tasks per socket. One is enough since receives are batched and paced
+/// (`ingest::udp`): it was lossless at 100,000/s, and a second doubled the wake-ups.
+const UDP_RECEIVE_WORKERS: usize = 1;
 
 /// How long a listener moved by a reload keeps receiving on its old address.
 const REBIND_LINGER: Duration = Duration::from_secs(2);

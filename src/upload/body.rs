@@ -42,58 +42,73 @@ pub fn escape_json_string_into(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
+const LOWS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of the eight bytes in `word` is a control character, `"` or `\\`.
-fn word_needs_escape(word: u64) -> bool {
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    // Bytes >= 0x80 (UTF-8 continuation and lead bytes) never need escaping; mask them out of
-    // the "less than 0x20" test, which would otherwise see them through the borrow.
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
-    below_space | quote | backslash != 0
+/// The high bit of each byte of `word` that is zero, exactly (no borrow between bytes, so no
+/// false positives next to a real match).
+fn zero_bytes(word: u64) -> u64 {
+    !(((word & LOWS) + LOWS) | word) & HIGHS
+}
+
+/// The high bit of each byte of `word` that is a control character, `"` or `\\`.
+fn bytes_needing_escape(word: u64) -> u64 {
+    // `(b & 0x7f) + 0x60` reaches 0x80 exactly when the low seven bits are >= 0x20; OR-ing the
+    // byte itself keeps bytes >= 0x80 (UTF-8 lead and continuation bytes) out.
+    let below_space = !(((word & LOWS) + ONES * 0x60) | word) & HIGHS;
+    let quote = zero_bytes(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_bytes(word ^ (ONES * u64::from(b'\\')));
+    below_space | quote | backslash
 }
 
 fn escape_valid_utf8(out: &mut Vec<u8>, text: &[u8]) {
-    out.reserve(text.len());
+    out.reserve(text.len() + text.len() / 8);
     let mut run_start = 0;
-    let mut i = 0;
-    while i < text.len() {
-        // Skip eight clean bytes at a time; most documents have few quotes per word.
-        if let Some(word) = text.get(i..i + 8) {
-            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-            if !word_needs_escape(word) {
-                i += 8;
-                continue;
-            }
-        }
-        let end = (i + 8).min(text.len());
-        for (offset, &byte) in text[i..end].iter().enumerate() {
-            let escape: &[u8] = match byte {
-                b'"' => br#"\""#,
-                b'\\' => br"\\",
-                b'\n' => br"\n",
-                b'\r' => br"\r",
-                b'\t' => br"\t",
-                0x00..=0x1f => b"",
-                _ => continue,
-            };
-            let at = i + offset;
+    let mut words = text.chunks_exact(8);
+    let mut word_start = 0;
+    // Whole words: jump from one byte needing escape to the next through the word's mask, so
+    // the cost follows the number of quotes, not the number of bytes.
+    for word in words.by_ref() {
+        let mut mask =
+            bytes_needing_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+        while mask != 0 {
+            let at = word_start + (mask.trailing_zeros() / 8) as usize;
             out.extend_from_slice(&text[run_start..at]);
-            if escape.is_empty() {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(br"\u00");
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
-            } else {
-                out.extend_from_slice(escape);
-            }
+            push_escape(out, text[at]);
+            run_start = at + 1;
+            mask &= mask - 1;
+        }
+        word_start += 8;
+    }
+    for (offset, &byte) in words.remainder().iter().enumerate() {
+        if byte < 0x20 || byte == b'"' || byte == b'\\' {
+            let at = word_start + offset;
+            out.extend_from_slice(&text[run_start..at]);
+            push_escape(out, byte);
             run_start = at + 1;
         }
-        i = end;
     }
     out.extend_from_slice(&text[run_start..]);
+}
+
+/// Appends the JSON escape of `byte`, a control character, `"` or `\\`.
+fn push_escape(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'"' => out.extend_from_slice(br#"\""#),
+        b'\\' => out.extend_from_slice(br"\\"),
+        b'\n' => out.extend_from_slice(br"\n"),
+        b'\r' => out.extend_from_slice(br"\r"),
+        b'\t' => out.extend_from_slice(br"\t"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(byte >> 4)],
+            HEX[usize::from(byte & 0xf)],
+        ]),
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +174,38 @@ mod tests {
                 if !matches!(value, 0x08 | 0x0c | 0x7f) {
                     assert_eq!(out, reference(&text), "byte {value:#x} at {position}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_escapes_in_every_word_position_round_trip() {
+        // Words holding several characters to escape, at every alignment and length, so the
+        // per-word mask walks more than one match and the tail loop sees every position.
+        let alphabet = [
+            "a",
+            "\"",
+            "\\",
+            "\n",
+            "\u{1}",
+            "\u{e9}",
+            "\u{1F600}",
+            "\t",
+            "z",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for length in 0..64 {
+            for _ in 0..20 {
+                let text: String = (0..length)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        alphabet[(state % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let body = put_trace_segments_body([text.as_bytes()].into_iter());
+                assert_eq!(decoded(&body), vec![text.clone()], "{text:?}");
             }
         }
     }
