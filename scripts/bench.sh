@@ -17,6 +17,9 @@ limit="${XRAY_BENCH_TIMEOUT:-2400}"
 
 if [[ "${1:-}" == "micro" ]]; then
     shift
+    # `micro -- FILTER` and `micro FILTER` both work: cargo adds its own `--bench` after our
+    # arguments, which criterion would take as a filter after a second `--`.
+    [[ "${1:-}" == "--" ]] && shift
     exec timeout --kill-after=30 "$limit" cargo bench --bench hot_paths -- "$@"
 fi
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,6 +114,10 @@ pub struct Uploader {
     status: Arc<StatusBoard>,
     backend_errors: Arc<BackendErrors>,
     abort: CancellationToken,
+    /// Fired by every successful call: batches waiting out a backoff retry at once. After an
+    /// outage every upload slot may be sleeping in backoff (up to the 30 s cap); the first
+    /// batch to get through proves the backend is back, so the others need not wait.
+    recovered: Arc<Notify>,
 }
 
 impl Uploader {
@@ -137,6 +141,7 @@ impl Uploader {
             status,
             backend_errors,
             abort,
+            recovered: Arc::new(Notify::new()),
         }
     }
 
@@ -230,6 +235,7 @@ impl Uploader {
                 .observe(elapsed.as_secs_f64());
             let failure = match result {
                 Ok(unprocessed) => {
+                    self.recovered.notify_waiters();
                     metrics.upload_request(UploadOutcome::Ok).inc();
                     self.status.upload_succeeded();
                     metrics.batch_segments.observe(documents.len() as f64);
@@ -256,10 +262,12 @@ impl Uploader {
                         pending.len(),
                         delay.as_secs_f64()
                     );
-                    if tokio::time::timeout(delay, self.abort.cancelled())
-                        .await
-                        .is_ok()
-                    {
+                    let aborted = tokio::select! {
+                        () = self.abort.cancelled() => true,
+                        () = tokio::time::sleep(delay) => false,
+                        () = self.recovered.notified() => false,
+                    };
+                    if aborted {
                         self.drop_at_shutdown(pending.len());
                         break;
                     }
