@@ -12,6 +12,7 @@ mod pipeline;
 mod proxy;
 mod reload;
 mod telemetry;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Once;
