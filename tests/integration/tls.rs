@@ -1,7 +1,8 @@
 //! `NoVerifySSL` against an HTTPS fake X-Ray whose certificate is self-signed: with it (in
 //! cfg.yaml, where the Go daemon reads it) uploads and the sampling proxy's upstream calls get
 //! through, directly and through a `CONNECT` proxy; without it nothing is delivered and the
-//! failures are counted; a reload that turns it on delivers what was held.
+//! failures are counted; a reload that turns it on delivers what was held; STS never skips
+//! verification.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -45,6 +46,13 @@ async fn with_no_verify_ssl_a_self_signed_endpoint_gets_uploads_and_sampling_cal
     let (_, config) = http("GET", daemon.admin, "/debug/config").await;
     assert!(config.contains("NoVerifySSL: true"), "{config}");
     daemon.shutdown().await;
+    // The final telemetry record at shutdown goes over the same transport.
+    assert_eq!(
+        fake.telemetry().len(),
+        1,
+        "PutTelemetryRecords reached the fake"
+    );
+    assert_eq!(fake.bad_signatures(), 0);
 }
 
 #[tokio::test]
@@ -159,4 +167,41 @@ async fn a_reload_that_sets_no_verify_ssl_delivers_the_held_segments() {
     daemon.shutdown().await;
     assert_eq!(fake.documents().len(), 1, "delivered once");
     assert_eq!(fake.bad_signatures(), 0);
+}
+
+#[tokio::test]
+async fn no_verify_ssl_does_not_apply_to_sts() {
+    // STS behind the same kind of self-signed certificate: with NoVerifySSL set, X-Ray calls
+    // would accept it, but the role's AssumeRole call must still refuse it.
+    let xray = FakeXray::start_tls().await;
+    let sts = FakeXray::start_tls().await;
+    let (_dir, file) = config_file(true);
+    let daemon = crate::process::Xray::start(
+        &[
+            "-c",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &xray.endpoint(),
+            "-r",
+            "arn:aws:iam::123456789012:role/xray-writer",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", crate::fake_xray::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", crate::fake_xray::SECRET_KEY),
+            ("AWS_ENDPOINT_URL_STS", &sts.endpoint()),
+        ],
+    )
+    .await;
+    send_paced(daemon.udp().await, &[datagram("no-sts", 100)], 1000).await;
+    assert!(
+        eventually(Duration::from_secs(10), || sts.tls_failures() >= 1).await,
+        "{}",
+        daemon.log()
+    );
+    daemon
+        .wait_for_log("Sending segment batch failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(sts.requests(), 0, "no request reached the unverified STS");
+    assert!(xray.documents().is_empty());
+    assert_eq!(xray.requests(), 0, "nothing is sent to X-Ray unsigned");
 }
