@@ -140,6 +140,25 @@ async fn the_no_verify_ssl_transport_honours_the_proxy_and_no_proxy() {
 }
 
 #[tokio::test]
+async fn with_no_verify_ssl_a_plain_http_endpoint_goes_through_the_proxy_in_absolute_form() {
+    let fake = FakeXray::start().await;
+    let (proxy, carried) = counting_proxy().await;
+    let (_dir, file) = config_file(true);
+    let proxy_url = format!("http://{proxy}");
+    let daemon = Running::start(with(
+        args_for(&fake),
+        &["-c", file.to_str().unwrap(), "-p", &proxy_url],
+    ))
+    .await;
+    send_paced(daemon.udp, &[datagram("forwarded", 200)], 1000).await;
+    let documents = fake.wait_for_documents(1, Duration::from_secs(5)).await;
+    assert_eq!(crate::ids(&documents), ["forwarded"]);
+    assert!(carried.load(Ordering::Relaxed) >= 1);
+    assert_eq!(fake.bad_signatures(), 0);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_reload_that_sets_no_verify_ssl_delivers_the_held_segments() {
     let fake = FakeXray::start_tls().await;
     let (_dir, file) = config_file(false);
