@@ -46,9 +46,12 @@ pub enum StartError {
     /// No region for uploads.
     #[error(transparent)]
     Region(#[from] crate::aws::NoRegion),
-    /// The outbound proxy cannot be used.
+    /// The AWS transport (outbound proxy, `NoVerifySSL` TLS) cannot be set up.
     #[error(transparent)]
-    Proxy(#[from] crate::aws::proxy::BadProxy),
+    Aws(#[from] crate::aws::AwsError),
+    /// No X-Ray endpoint for the region and the FIPS/dual-stack settings.
+    #[error(transparent)]
+    Endpoint(#[from] crate::aws::endpoint::EndpointError),
     /// The local sink could not be opened.
     #[error("Unable to open local sink {path}: {source}")]
     LocalSink {
@@ -578,30 +581,19 @@ async fn build_upstream(
             proxy: None,
         });
     }
-    if config.no_verify_ssl {
-        tracing::warn!("NoVerifySSL is accepted but not applied by this version: TLS certificates are verified");
-    }
     let (region, source) =
         crate::aws::resolve_region(config.region.as_deref(), config.local_mode, env).await?;
     tracing::info!("Using region: {region}");
-    let endpoint = match &config.endpoint {
-        Some(endpoint) => {
-            tracing::debug!("Using Endpoint: {endpoint}");
-            endpoint.clone()
-        }
-        None => {
-            tracing::debug!("Using default X-Ray endpoint");
-            crate::aws::default_endpoint(&region)
-        }
-    };
     let settings = crate::aws::AwsSettings {
         region: region.clone(),
         proxy_address: config.proxy_address.clone(),
         role_arn: config.role_arn.clone(),
         role_external_id: config.role_external_id.clone(),
         role_session_name: config.role_session_name.clone(),
+        no_verify_ssl: config.no_verify_ssl,
     };
     let aws = crate::aws::setup(&settings, env).await?;
+    let endpoint = xray_endpoint(config.endpoint.as_deref(), &region, &aws.sdk_config).await?;
     tracing::info!("HTTP Proxy server using X-Ray Endpoint : {endpoint}");
     let proxy = match (
         endpoint.parse::<http::Uri>(),
@@ -632,7 +624,40 @@ async fn build_upstream(
         probe_status.set_credential_source(crate::aws::credential_source(&probe_config).await);
     });
     Ok(Upstream {
-        sink: Sink::Xray(XraySink::new(&aws.sdk_config, config.endpoint.as_deref())),
+        sink: Sink::Xray(XraySink::with_http_client(
+            &aws.sdk_config,
+            config.endpoint.as_deref(),
+            aws.xray_http_client,
+        )),
         proxy,
     })
+}
+
+/// The X-Ray endpoint: `Endpoint` when set, else the SDK's for the region with its FIPS and
+/// dual-stack settings. Uploads and telemetry resolve the same through the SDK client; the
+/// sampling proxy uses this value.
+async fn xray_endpoint(
+    configured: Option<&str>,
+    region: &str,
+    sdk_config: &aws_config::SdkConfig,
+) -> Result<String, crate::aws::endpoint::EndpointError> {
+    let variants = crate::aws::endpoint::EndpointVariants::of(sdk_config);
+    if let Some(endpoint) = configured {
+        tracing::debug!("Using Endpoint: {endpoint}");
+        if variants.any() {
+            tracing::warn!(
+                "Endpoint {endpoint} is set, so the SDK's {} endpoint setting does not apply",
+                variants.describe()
+            );
+        }
+        return Ok(endpoint.to_owned());
+    }
+    tracing::debug!("Using default X-Ray endpoint");
+    let endpoint = crate::aws::endpoint::resolve(region, variants).await?;
+    if variants.any() {
+        tracing::info!("Using {} X-Ray endpoint {endpoint}", variants.describe());
+    } else {
+        tracing::info!("Using X-Ray endpoint {endpoint}");
+    }
+    Ok(endpoint)
 }

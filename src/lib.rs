@@ -11,7 +11,9 @@
 //! - [`ingest`]: admission of received bytes into segments, and the UDP listener.
 //! - [`batch`]: when a batch is ready (pure, time passed in).
 //! - [`upload`]: batches to X-Ray (`PutTraceSegments`) or the local sink, with retries.
-//! - [`aws`]: region resolution and the SDK configuration.
+//! - [`aws`]: region resolution, credentials, the outbound HTTP clients (proxy, and the
+//!   `NoVerifySSL` transport for X-Ray), the X-Ray endpoint (FIPS, dual-stack) and the SDK
+//!   configuration.
 //! - [`metrics`]: every Prometheus metric (names are API).
 //! - [`admin`]: the admin HTTP server: probes, metrics, diagnostics, reload endpoint.
 //! - [`reload`]: reload triggers (SIGHUP, HTTP, a watched config file) and what changed.

@@ -227,6 +227,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_verify_ssl_is_reported_and_rebuilds_the_x_ray_transport() {
+        let old = config::load(&Flags::default(), &HashMap::new(), &[])
+            .unwrap()
+            .config;
+        let new = Config {
+            no_verify_ssl: true,
+            ..old.clone()
+        };
+        assert_eq!(changed_keys(&old, &new), ["NoVerifySSL"]);
+        assert!(
+            sink_changed(&old, &new),
+            "uploads and the proxy get a new transport"
+        );
+        let quieter = Config {
+            log_level: "error".into(),
+            ..old.clone()
+        };
+        assert!(!sink_changed(&old, &quieter));
+    }
+
+    #[test]
     fn only_real_content_changes_count() {
         let mut tracker = ContentTracker::new(Some(b"Version: 2\n"));
         assert!(!tracker.changed(Some(b"Version: 2\n")));

@@ -1,13 +1,17 @@
-//! AWS settings: the region, the outbound HTTP client (proxy), the credentials (default chain,
-//! optionally an assumed role) and the SDK configuration built from them for every AWS call.
+//! AWS settings: the region, the outbound HTTP client (proxy, and the `NoVerifySSL` transport
+//! for X-Ray), the credentials (default chain, optionally an assumed role), the X-Ray endpoint
+//! and the SDK configuration built from them for every AWS call.
 
 pub mod credentials;
+pub mod endpoint;
 pub mod imds;
+pub mod no_verify;
 pub mod proxy;
 pub mod region;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector};
 
 pub use region::{resolve_region, NoRegion, RegionSource};
 
@@ -46,22 +50,39 @@ pub struct AwsSettings {
     pub role_external_id: Option<String>,
     /// `--role-session-name` (default `xray-daemon`).
     pub role_session_name: String,
+    /// `NoVerifySSL`: X-Ray calls (uploads, telemetry, the sampling proxy) skip certificate
+    /// verification. STS and credential providers always verify, as in the Go daemon.
+    pub no_verify_ssl: bool,
 }
 
-/// The AWS side of the daemon: the SDK configuration and a connector with the same outbound
-/// settings for requests the daemon signs itself.
+/// The AWS side of the daemon: the SDK configuration and the transport for X-Ray calls.
 #[derive(Debug)]
 pub struct AwsSetup {
-    /// For the SDK clients.
+    /// For the SDK clients (region, credentials, the verifying HTTP client).
     pub sdk_config: SdkConfig,
-    /// For the sampling proxy's upstream requests.
-    pub connector: aws_smithy_http_client::Connector,
+    /// The HTTP client X-Ray clients must use instead of `sdk_config`'s (with `NoVerifySSL`),
+    /// or `None` when they use `sdk_config`'s.
+    pub xray_http_client: Option<SharedHttpClient>,
+    /// For the sampling proxy's upstream requests: same proxy settings, and TLS verification
+    /// as for the other X-Ray calls.
+    pub connector: SharedHttpConnector,
+}
+
+/// Why the AWS side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// The outbound proxy cannot be used.
+    #[error(transparent)]
+    Proxy(#[from] proxy::BadProxy),
+    /// The `NoVerifySSL` transport could not be built.
+    #[error(transparent)]
+    NoVerify(#[from] no_verify::NoVerifyError),
 }
 
 /// The SDK configuration for `settings`: the default credentials chain (environment,
 /// profiles, SSO, web identity, container and instance credentials) through the daemon's HTTP
 /// client, and with a role, credentials from `AssumeRole` on the regional STS endpoint.
-pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, proxy::BadProxy> {
+pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, AwsError> {
     let proxy = proxy::proxy_settings(settings.proxy_address.as_deref(), env);
     if let Some(proxy) = &proxy {
         tracing::debug!(
@@ -69,7 +90,21 @@ pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, pro
             crate::config::redact_url(&proxy.url)
         );
     }
-    let connector = proxy::connector(proxy.as_ref())?;
+    let (xray_http_client, connector) = if settings.no_verify_ssl {
+        tracing::warn!(
+            "NoVerifySSL is set: TLS certificates of the X-Ray endpoint are not verified \
+             (uploads, telemetry and the sampling proxy; STS and credential calls still verify)"
+        );
+        (
+            Some(no_verify::http_client(proxy.as_ref())?),
+            no_verify::connector(proxy.as_ref())?,
+        )
+    } else {
+        (
+            None,
+            SharedHttpConnector::new(proxy::connector(proxy.as_ref())?),
+        )
+    };
     let base = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
         .http_client(proxy::http_client(proxy.as_ref())?)
@@ -105,19 +140,18 @@ pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, pro
     };
     Ok(AwsSetup {
         sdk_config,
+        xray_http_client,
         connector,
     })
 }
 
 /// Just the SDK configuration of [`setup`].
-pub async fn sdk_config(
-    settings: &AwsSettings,
-    env: Env<'_>,
-) -> Result<SdkConfig, proxy::BadProxy> {
+pub async fn sdk_config(settings: &AwsSettings, env: Env<'_>) -> Result<SdkConfig, AwsError> {
     setup(settings, env).await.map(|setup| setup.sdk_config)
 }
 
-/// The regional X-Ray endpoint, with the partition's DNS suffix (the Go daemon's table).
+/// The regional X-Ray endpoint, with the partition's DNS suffix (the Go daemon's table; the
+/// daemon resolves through the SDK's rules, [`endpoint::resolve`], which agree with it).
 pub fn default_endpoint(region: &str) -> String {
     let suffix = if region.starts_with("cn-") {
         "amazonaws.com.cn"

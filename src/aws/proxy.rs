@@ -56,6 +56,12 @@ fn proxy_config(proxy: Option<&ProxySettings>) -> Result<ProxyConfig, BadProxy> 
     })
 }
 
+/// Whether the SDK's connector accepts `settings`' URL (the `NoVerifySSL` transport applies
+/// the same check, so both refuse the same URLs).
+pub fn check_proxy_url(settings: &ProxySettings) -> Result<(), BadProxy> {
+    proxy_config(Some(settings)).map(drop)
+}
+
 /// An HTTPS client (rustls) through `proxy`, or direct without one, for the SDK clients.
 /// Connections are pooled and kept alive per client.
 pub fn http_client(proxy: Option<&ProxySettings>) -> Result<SharedHttpClient, BadProxy> {

@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_smithy_http_client::Connector;
-use aws_smithy_runtime_api::client::http::HttpConnector;
+use aws_smithy_runtime_api::client::http::{HttpConnector, SharedHttpConnector};
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -49,8 +48,9 @@ pub struct ProxyTarget {
     pub region: String,
     /// The daemon's credentials (role included), cached and shared with the SDK clients.
     pub credentials: aws_credential_types::provider::SharedCredentialsProvider,
-    /// The outbound connector (proxy, TLS), shared with the SDK clients' settings.
-    pub connector: Connector,
+    /// The outbound connector: the SDK clients' proxy settings, and TLS verification as for
+    /// the other X-Ray calls (off with `NoVerifySSL`).
+    pub connector: SharedHttpConnector,
 }
 
 /// What reload can change about the TCP port's behaviour.

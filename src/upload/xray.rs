@@ -8,6 +8,7 @@ use aws_sdk_xray::config::retry::RetryConfig;
 use aws_sdk_xray::config::timeout::TimeoutConfig;
 use aws_sdk_xray::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -30,9 +31,19 @@ pub struct XraySink {
 }
 
 impl XraySink {
-    /// A sink using `sdk_config` (region, credentials), with `endpoint` overriding the
-    /// regional endpoint when set.
+    /// A sink using `sdk_config` (region, credentials, HTTP client), with `endpoint`
+    /// overriding the regional endpoint when set.
     pub fn new(sdk_config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
+        XraySink::with_http_client(sdk_config, endpoint, None)
+    }
+
+    /// Like [`XraySink::new`], with `http_client` (when given) in place of `sdk_config`'s:
+    /// the `NoVerifySSL` transport, which only X-Ray calls use.
+    pub fn with_http_client(
+        sdk_config: &aws_config::SdkConfig,
+        endpoint: Option<&str>,
+        http_client: Option<SharedHttpClient>,
+    ) -> Self {
         let mut config = aws_sdk_xray::config::Builder::from(sdk_config)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -45,7 +56,15 @@ impl XraySink {
                 std::env::var("AWS_EXECUTION_ENV").ok().as_deref(),
             )));
         if let Some(endpoint) = endpoint {
-            config = config.endpoint_url(endpoint);
+            // The SDK's rules refuse FIPS or dual-stack together with a custom endpoint (every
+            // request would fail); `Endpoint` names the host, so the variants do not apply.
+            config = config
+                .endpoint_url(endpoint)
+                .use_fips(false)
+                .use_dual_stack(false);
+        }
+        if let Some(http_client) = http_client {
+            config = config.http_client(http_client);
         }
         XraySink {
             client: aws_sdk_xray::Client::from_conf(config.build()),

@@ -161,7 +161,7 @@ async fn without_any_region_source_the_start_fails_fast_with_the_go_message() {
 }
 
 /// A loopback HTTP proxy (CONNECT and absolute-form requests) that counts what it carries.
-async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
+pub async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let carried = Arc::new(AtomicUsize::new(0));

@@ -3,6 +3,10 @@
 //! throttling, stalls, unprocessed segments) so tests control the backend.
 //! `PutTelemetryRecords` calls have their own script and record their parsed bodies.
 //!
+//! [`FakeXray::start_tls`] serves HTTPS with a freshly generated self-signed certificate (the
+//! `NoVerifySSL` tests); [`FakeXray::accept_key`] adds credentials it accepts signatures from
+//! (keys issued by a fake STS or container credentials endpoint).
+//!
 //! Transport faults: a reply can reset the connection instead of answering
 //! ([`Reply::Reset`], [`FakeXray::resets`]), requests can be answered slowly for a while
 //! ([`FakeXray::slow`]), and the listener can go away and come back on the same port
@@ -72,6 +76,12 @@ struct Recorded {
     security_tokens: Vec<String>,
     /// Connections accepted (each one a TCP connection from the daemon).
     connections: usize,
+    /// TLS handshakes that failed (the client refused the certificate, or spoke plain HTTP).
+    tls_failures: usize,
+    /// Secret access keys by access key id: whose signatures verify.
+    keys: std::collections::HashMap<String, String>,
+    /// The access key id of every request whose signature verified, in arrival order.
+    signers: Vec<String>,
 }
 
 /// A running fake.
@@ -81,6 +91,8 @@ pub struct FakeXray {
     state: Arc<Mutex<Recorded>>,
     /// Stops the current listener and every connection it accepted (`go_offline`).
     serving: Arc<Mutex<tokio_util::sync::CancellationToken>>,
+    /// Set for an HTTPS fake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Handed to the handler of every request: resets the request's connection.
@@ -89,14 +101,63 @@ struct ConnectionReset(tokio_util::sync::CancellationToken);
 
 impl FakeXray {
     pub async fn start() -> FakeXray {
+        FakeXray::start_with(None).await
+    }
+
+    /// An HTTPS fake whose certificate (for `127.0.0.1` and `localhost`) is self-signed, so
+    /// no trust store accepts it.
+    pub async fn start_tls() -> FakeXray {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        FakeXray::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeXray {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut recorded = Recorded::default();
+        recorded
+            .keys
+            .insert(ACCESS_KEY.to_owned(), SECRET_KEY.to_owned());
         let fake = FakeXray {
             addr: listener.local_addr().unwrap(),
-            state: Arc::new(Mutex::new(Recorded::default())),
+            state: Arc::new(Mutex::new(recorded)),
             serving: Arc::default(),
+            tls,
         };
         fake.serve(listener);
         fake
+    }
+
+    /// Accepts signatures made with this key pair from now on.
+    pub fn accept_key(&self, access_key: &str, secret_key: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .keys
+            .insert(access_key.to_owned(), secret_key.to_owned());
+    }
+
+    /// The access key id of every request whose signature verified, in arrival order.
+    pub fn signers(&self) -> Vec<String> {
+        self.state.lock().unwrap().signers.clone()
+    }
+
+    /// TLS handshakes that failed (an HTTPS fake only).
+    pub fn tls_failures(&self) -> usize {
+        self.state.lock().unwrap().tls_failures
     }
 
     /// Accepts connections on `listener` until `go_offline`. Each connection is served with
@@ -108,6 +169,7 @@ impl FakeXray {
         let serving = tokio_util::sync::CancellationToken::new();
         *self.serving.lock().unwrap() = serving.clone();
         let state = Arc::clone(&self.state);
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -118,7 +180,13 @@ impl FakeXray {
                     () = serving.cancelled() => return,
                 };
                 state.lock().unwrap().connections += 1;
-                tokio::spawn(serve_connection(stream, app.clone(), serving.clone()));
+                tokio::spawn(serve_connection(
+                    stream,
+                    app.clone(),
+                    serving.clone(),
+                    tls.clone(),
+                    Arc::clone(&state),
+                ));
             }
         });
     }
@@ -171,7 +239,8 @@ impl FakeXray {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Queues replies for the next requests; after the script, requests are accepted.
@@ -268,11 +337,14 @@ async fn proxied_reply(
         .into_response()
 }
 
-/// Serves one connection until it closes, its handler resets it, or the fake goes offline.
+/// Serves one connection (after a TLS handshake, for an HTTPS fake) until it closes, its
+/// handler resets it, or the fake goes offline.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     app: axum::Router,
     serving: tokio_util::sync::CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<Mutex<Recorded>>,
 ) {
     use tower::ServiceExt;
     // A second handle on the socket, so a reset can set SO_LINGER 0 (close sends RST).
@@ -285,10 +357,28 @@ async fn serve_connection(
         request.extensions_mut().insert(handle.clone());
         app.clone().oneshot(request.map(axum::body::Body::new))
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let http = hyper::server::conn::http1::Builder::new();
+    let connection = async {
+        match tls {
+            None => {
+                let _ = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    _ => state.lock().unwrap().tls_failures += 1,
+                }
+            }
+        }
+    };
     tokio::select! {
-        _ = connection => {}
+        () = connection => {}
         () = reset.0.cancelled() => {
             let _ = twin.set_linger(Some(Duration::ZERO));
         }
@@ -312,7 +402,9 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let signature_ok = verify_sigv4(&method, &uri, &headers, &body);
+    let keys = state.lock().unwrap().keys.clone();
+    let signer = verify_sigv4(&keys, &method, &uri, &headers, &body);
+    let signature_ok = signer.is_some();
     let telemetry = uri.path() == "/TelemetryRecords";
     let reply = {
         let mut recorded = state.lock().unwrap();
@@ -323,8 +415,9 @@ async fn handle(
         recorded
             .security_tokens
             .extend(header("x-amz-security-token"));
-        if !signature_ok {
-            recorded.bad_signatures += 1;
+        match signer {
+            Some(access_key) => recorded.signers.push(access_key),
+            None => recorded.bad_signatures += 1,
         }
         let script = if telemetry {
             &mut recorded.telemetry_script
@@ -426,8 +519,34 @@ fn error(status: u16, code: &str) -> Response {
         .into_response()
 }
 
-/// Recomputes the request's signature from the headers it says it signed.
-fn verify_sigv4(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> bool {
+/// Recomputes the request's signature from the headers it says it signed, with the secret of
+/// the access key it names; the access key id when the signature matches.
+fn verify_sigv4(
+    keys: &std::collections::HashMap<String, String>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<String> {
+    let authorization = headers.get("authorization")?.to_str().ok()?;
+    let access_key = authorization
+        .split([',', ' '])
+        .find_map(|part| part.trim().strip_prefix("Credential="))?
+        .split('/')
+        .next()?
+        .to_owned();
+    let secret_key = keys.get(&access_key)?;
+    signature_matches(&access_key, secret_key, method, uri, headers, body).then_some(access_key)
+}
+
+fn signature_matches(
+    access_key: &str,
+    secret_key: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> bool {
     let Some(authorization) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -445,7 +564,7 @@ fn verify_sigv4(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
         return false;
     };
     let scope: Vec<&str> = credential.split('/').collect();
-    if scope.first() != Some(&ACCESS_KEY) || scope.get(3) != Some(&"xray") {
+    if scope.first() != Some(&access_key) || scope.get(3) != Some(&"xray") {
         return false;
     }
     let Some(date) = headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
@@ -464,7 +583,7 @@ fn verify_sigv4(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
         .get("x-amz-security-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let identity = Credentials::new(ACCESS_KEY, SECRET_KEY, token, None, "fake").into();
+    let identity = Credentials::new(access_key, secret_key, token, None, "fake").into();
     let mut settings = SigningSettings::default();
     settings.excluded_headers = None;
     let Ok(params) = v4::SigningParams::builder()

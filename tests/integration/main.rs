@@ -4,14 +4,18 @@
 mod admin;
 mod aws;
 mod binary;
+mod endpoints;
 mod exposure;
 mod fake_xray;
 mod faults;
 mod hostile;
+mod identity;
 mod pipeline;
+mod process;
 mod proxy;
 mod reload;
 mod telemetry;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Once;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::{args_for, datagram, fake_xray, with, FakeXray, Reply, Running};
 
 /// Sends raw bytes on a new connection and reads the first response: (status, body).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     read_response(&mut stream).await
@@ -44,7 +44,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
     }
 }
 
-fn post(path: &str, body: &str) -> Vec<u8> {
+pub fn post(path: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
