@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::{datagram, fake_xray, http, send_paced, FakeXray, Running};
 
@@ -170,15 +170,9 @@ pub async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut client, _)) = listener.accept().await {
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
+                let Some(head) = crate::read_request_head(&mut client).await else {
+                    return;
+                };
                 let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
                 counter.fetch_add(1, Ordering::Relaxed);
                 let authority = target

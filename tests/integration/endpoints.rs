@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::process::Xray;
 use crate::proxy::{exchange, post};
@@ -25,15 +25,9 @@ async fn recording_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut client, _)) = listener.accept().await {
             let recorded = Arc::clone(&recorded);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head);
+                let Some(head) = crate::read_request_head(&mut client).await else {
+                    return;
+                };
                 if let Some(target) = head.split(' ').nth(1) {
                     recorded.lock().unwrap().push(target.to_owned());
                 }
