@@ -401,15 +401,7 @@ impl Xray {
 
     /// Resident memory now and at its peak, in KiB, from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        crate::rss_kib(self.child.id())
     }
 
     /// The exit summary line's counts: (received, sent, rejected, dropped).

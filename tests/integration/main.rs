@@ -220,6 +220,19 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
     condition()
 }
 
+/// Resident memory of process `pid` now and at its peak, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Reads an HTTP request head (through the blank line) byte by byte, so nothing after it is
 /// consumed; `None` if the peer closes first.
 pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
