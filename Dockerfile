@@ -63,12 +63,19 @@ ARG XRAY_GIT_COMMIT=""
 
 # The registry and target caches persist between builds (BuildKit cache mounts); the binary
 # is copied out of the cache mount so that the next stage can take it.
+# A native build names no --target: `--target` changes the symbol names rustc derives, and
+# the release layout in link/symbol-order.txt (build.rs) lists the names of a host build.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,id=xray-daemon-target-${TARGETARCH},sharing=locked \
     . /cross-env \
     && target="$(cat /rust-target)" \
-    && cargo build --release --locked --bin xray --target "${target}" \
-    && install -D -m 0755 "target/${target}/release/xray" /out/xray
+    && if [ "${TARGETARCH}" = "${BUILDARCH}" ]; then \
+         cargo build --release --locked --bin xray \
+         && install -D -m 0755 target/release/xray /out/xray; \
+       else \
+         cargo build --release --locked --bin xray --target "${target}" \
+         && install -D -m 0755 "target/${target}/release/xray" /out/xray; \
+       fi
 
 # ----------------------------------------------------------------------------- final stage
 # distroless/cc: glibc, libgcc, CA certificates and /etc/passwd, nothing else (no shell).

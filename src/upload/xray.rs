@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_xray::config::retry::RetryConfig;
 use aws_sdk_xray::config::timeout::TimeoutConfig;
+use aws_sdk_xray::config::StalledStreamProtectionConfig;
 use aws_sdk_xray::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
@@ -46,6 +47,9 @@ impl XraySink {
     ) -> Self {
         let mut config = aws_sdk_xray::config::Builder::from(sdk_config)
             .retry_config(RetryConfig::disabled())
+            // The attempt timeout below bounds a stalled upload already; the SDK's throughput
+            // monitor would only wrap every request and response body in more bookkeeping.
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)

