@@ -30,10 +30,6 @@ use crate::upload::retry::RetryPolicy;
 use crate::upload::xray::XraySink;
 use crate::upload::{Concurrency, Sink, Uploader};
 
-/// UDP receive tasks per socket. One is enough since receives are batched and paced
-/// (`ingest::udp`): it was lossless at 100,000/s, and a second doubled the wake-ups.
-const UDP_RECEIVE_WORKERS: usize = 1;
-
 /// How long a listener moved by a reload keeps receiving on its old address.
 const REBIND_LINGER: Duration = Duration::from_secs(2);
 
@@ -161,14 +157,13 @@ impl Daemon {
             metrics.ingest(Transport::Udp),
             Arc::clone(&status),
         );
-        let socket = udp::bind(&config.udp_address, config.receive_buffer_bytes)?;
-        let udp = UdpListener::start(
-            socket,
-            UDP_RECEIVE_WORKERS,
+        let udp = UdpListener::bind(
+            &config.udp_address,
+            config.receive_buffer_bytes,
             &admission,
             &segments_tx,
             stop_ingest.child_token(),
-        );
+        )?;
         log_listener(&udp);
         udp_latch.release();
 
@@ -404,8 +399,19 @@ impl Daemon {
         let config = new.config.clone();
         let changed = reload::changed_keys(&old, &config);
 
+        // Receiving starts here (before anything can still fail, so that a failure changes
+        // nothing): what the new socket takes goes into the same pipeline, and dropping the
+        // listener stops it if a later step fails.
         let new_udp = (old.udp_address != config.udp_address)
-            .then(|| udp::bind(&config.udp_address, config.receive_buffer_bytes))
+            .then(|| {
+                UdpListener::bind(
+                    &config.udp_address,
+                    config.receive_buffer_bytes,
+                    &self.admission,
+                    &self.segments_tx,
+                    self.stop_ingest.child_token(),
+                )
+            })
             .transpose()
             .map_err(|e| e.to_string())?;
         let new_tcp = (old.tcp_address != config.tcp_address)
@@ -471,14 +477,7 @@ impl Daemon {
                 .spawn(std::mem::replace(&mut self.tcp, server).stop_accepting());
         }
         match new_udp {
-            Some(socket) => {
-                let listener = UdpListener::start(
-                    socket,
-                    UDP_RECEIVE_WORKERS,
-                    &self.admission,
-                    &self.segments_tx,
-                    self.stop_ingest.child_token(),
-                );
+            Some(listener) => {
                 let previous = std::mem::replace(&mut self.udp, listener);
                 log_listener(&self.udp);
                 self.retiring.spawn(previous.retire(REBIND_LINGER));

@@ -191,7 +191,7 @@ mod tests {
     use super::*;
     use crate::metrics::{Metrics, Transport};
 
-    fn admission(limit: usize) -> (Admission, Metrics) {
+    pub(super) fn admission(limit: usize) -> (Admission, Metrics) {
         let budget = MemoryBudget::new(limit);
         let metrics = Metrics::new(prometheus::Registry::new(), Arc::clone(&budget)).unwrap();
         (

@@ -1,37 +1,45 @@
-//! The UDP listener: binding (dual-stack wildcards, receive buffer size) and the receive loop
-//! that drains the socket and hands admitted segments to the batcher.
+//! The UDP listener: binding (dual-stack wildcards, receive buffer size) and the receive loop,
+//! on a thread of its own, that drains the socket and hands admitted segments to the batcher.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
+use std::net::UdpSocket;
+
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{Admission, Segment, SegmentSender};
+use crate::batch::MAX_BATCH_SEGMENTS;
 use crate::net::{self, BindError, Network};
 use crate::segment::MAX_DATAGRAM_BYTES;
 
-/// Datagrams handled per wake-up before the loop yields, so a flood cannot starve the admin
-/// server or the batcher that share the runtime.
-const DATAGRAMS_PER_YIELD: usize = 256;
+/// Datagrams handed to the batcher per round at most, so that a flood still reaches it in
+/// steady portions and a stop is noticed.
+const DATAGRAMS_PER_ROUND: usize = 256;
 
 /// After a round that emptied the socket, the pause before looking again. Without it, at
-/// 20,000 datagrams/s the receive task wakes (and parks a worker thread) for nearly every
-/// datagram, which cost more CPU than everything else per segment together; with it each
-/// wake-up takes what arrived meanwhile (about 20 datagrams at that rate). Tokio rounds timers
-/// up to its next millisecond tick, so this pauses until that tick: 0 to 1 ms, at most a
-/// thousand wake-ups a second. The kernel buffer holds thousands of datagrams.
-const COALESCE_PAUSE: Duration = Duration::from_micros(100);
+/// 20,000 datagrams/s the loop would wake for nearly every datagram, which cost more CPU than
+/// everything else per segment together; with it each round takes what arrived meanwhile
+/// (about 20 datagrams at that rate): at most a thousand rounds a second, and at most 1 ms
+/// more latency. The kernel buffer holds thousands of datagrams.
+const COALESCE_PAUSE: Duration = Duration::from_millis(1);
+
+/// The longest a received segment waits in this thread for more to go with it. Hand-overs
+/// wake an upload thread, which costs more than the rest of the round in a VM; waiting for a
+/// batch's worth (or this long) makes them a few hundred a second instead of one per round.
+/// The batcher waits for full batches anyway, so only a lone segment sees the difference.
+const HOLD_LIMIT: Duration = Duration::from_millis(5);
+
+/// How long the idle loop waits for a datagram before it looks whether it should stop.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Binds a UDP socket for `address` with the requested receive buffer.
-pub fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, BindError> {
+fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, BindError> {
     let socket = net::bind(address, Network::Udp)?;
     set_receive_buffer(&socket, receive_buffer_bytes);
-    let std_socket: std::net::UdpSocket = socket.into();
-    UdpSocket::from_std(std_socket).map_err(|e| BindError::new(Network::Udp, address, &e))
+    Ok(socket.into())
 }
 
 /// Requests a receive buffer size; the kernel may clamp it (`net.core.rmem_max`).
@@ -46,38 +54,59 @@ pub fn receive_buffer_size(socket: &UdpSocket) -> Option<usize> {
     socket2::SockRef::from(socket).recv_buffer_size().ok()
 }
 
-/// A bound UDP socket and the tasks receiving from it.
+/// A bound UDP socket and the thread receiving from it.
+///
+/// The receive loop has a thread of its own, blocking in the kernel: as a task on the shared
+/// runtime it queued behind upload work and its timer was only looked at between tasks, so
+/// on a busy machine it could miss the socket for the 30-odd milliseconds the kernel buffer
+/// lasts at 100,000 datagrams/s. A thread that sleeps most of the time is woken promptly.
 pub struct UdpListener {
-    socket: Arc<UdpSocket>,
+    /// The receiving socket's descriptor, duplicated: its address and buffer size.
+    socket: UdpSocket,
     stop: CancellationToken,
-    receivers: JoinSet<()>,
+    stopped: oneshot::Receiver<()>,
 }
 
 impl UdpListener {
-    /// Starts `workers` receive tasks on `socket`; they stop when `stop` fires, after
-    /// draining what the kernel already queued.
-    pub fn start(
-        socket: UdpSocket,
-        workers: usize,
+    /// Binds `address` (dual-stack wildcards, the requested receive buffer) and starts
+    /// receiving from it on a thread of its own.
+    pub fn bind(
+        address: &str,
+        receive_buffer_bytes: usize,
         admission: &Admission,
         segments: &SegmentSender,
         stop: CancellationToken,
-    ) -> Self {
-        let socket = Arc::new(socket);
-        let mut receivers = JoinSet::new();
-        for _ in 0..workers.max(1) {
-            receivers.spawn(receive(
-                Arc::clone(&socket),
-                admission.clone(),
-                segments.clone(),
-                stop.clone(),
-            ));
-        }
-        UdpListener {
-            socket,
+    ) -> Result<Self, BindError> {
+        let socket = bind(address, receive_buffer_bytes)?;
+        UdpListener::start(socket, admission, segments, stop)
+            .map_err(|e| BindError::new(Network::Udp, address, &e))
+    }
+
+    /// Starts receiving from `socket` on a new thread; it stops within
+    /// [`STOP_CHECK_INTERVAL`] of `stop` firing, after draining what the kernel already
+    /// queued, or of the listener being dropped.
+    fn start(
+        socket: UdpSocket,
+        admission: &Admission,
+        segments: &SegmentSender,
+        stop: CancellationToken,
+    ) -> io::Result<Self> {
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(STOP_CHECK_INTERVAL))?;
+        let control = socket.try_clone()?;
+        let (stopped_tx, stopped) = oneshot::channel();
+        let (admission, segments, cancel) = (admission.clone(), segments.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("xray-udp".into())
+            .spawn(move || {
+                receive(&socket, &admission, &segments, &cancel);
+                let _ = stopped_tx.send(());
+            })?;
+        Ok(UdpListener {
+            socket: control,
             stop,
-            receivers,
-        }
+            stopped,
+        })
     }
 
     /// The bound address.
@@ -90,10 +119,11 @@ impl UdpListener {
         &self.socket
     }
 
-    /// Stops receiving (after a final drain) and waits for the receive tasks.
+    /// Stops receiving (after a final drain) and waits for the receive loop to end.
     pub async fn stop(mut self) {
         self.stop.cancel();
-        while self.receivers.join_next().await.is_some() {}
+        // An error means the thread is gone without saying so: nothing left to wait for.
+        let _ = (&mut self.stopped).await;
     }
 
     /// Keeps receiving for `linger` (senders still using the old address), then stops. Used
@@ -104,53 +134,89 @@ impl UdpListener {
     }
 }
 
+impl Drop for UdpListener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Receives datagrams until `cancel` fires, sending admitted segments to `segments`.
-async fn receive(
-    socket: Arc<UdpSocket>,
-    admission: Admission,
-    segments: SegmentSender,
-    cancel: CancellationToken,
+fn receive(
+    socket: &UdpSocket,
+    admission: &Admission,
+    segments: &SegmentSender,
+    cancel: &CancellationToken,
 ) {
     let mut buffers = ReceiveBuffers::new();
+    let mut held: Vec<Segment> = Vec::new();
+    let mut held_since = Instant::now();
     loop {
-        let stopping = tokio::select! {
-            biased;
-            () = cancel.cancelled() => true,
-            ready = socket.readable() => {
-                if let Err(e) = ready {
+        let stopping = cancel.is_cancelled();
+        // Waiting in the kernel only with nothing held: held segments must leave in time.
+        if !stopping && held.is_empty() {
+            match wait_readable(socket) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
                     tracing::error!("daemon: socket: err: {e}");
                     return;
                 }
-                false
             }
-        };
+        }
         // When stopping, drain everything the kernel already holds: those datagrams were
         // accepted by the OS on our behalf.
         let limit = if stopping {
             usize::MAX
         } else {
-            DATAGRAMS_PER_YIELD
+            DATAGRAMS_PER_ROUND
         };
-        let mut admitted = Vec::new();
-        let received = drain(&socket, &mut buffers, &admission, &mut admitted, limit);
-        // One message per round: the batcher wakes once per round, not per datagram.
-        if !admitted.is_empty() && segments.send(admitted).is_err() {
-            return; // The pipeline is gone.
+        let round_started = Instant::now();
+        if held.is_empty() {
+            held_since = round_started;
+        }
+        let received = drain(socket, &mut buffers, admission, &mut held, limit);
+        let count = hand_over_count(held.len(), held_since.elapsed(), stopping);
+        if count > 0 {
+            let rest = held.split_off(count);
+            if segments.send(std::mem::replace(&mut held, rest)).is_err() {
+                return; // The pipeline is gone.
+            }
+            held_since = round_started;
         }
         if stopping {
             return;
         }
-        if received == 0 {
-            continue;
-        }
         if received < limit {
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = tokio::time::sleep(COALESCE_PAUSE) => {}
-            }
-        } else {
-            tokio::task::yield_now().await;
+            std::thread::sleep(COALESCE_PAUSE);
         }
+    }
+}
+
+/// How many of the `held` segments (the oldest received `held_for` ago) go to the batcher
+/// now: whole batches as soon as there are any, so that it can send each at once instead of
+/// keeping a remainder until the next hand-over; everything after [`HOLD_LIMIT`] or to stop.
+fn hand_over_count(held: usize, held_for: Duration, stopping: bool) -> usize {
+    if stopping || held_for >= HOLD_LIMIT {
+        held
+    } else {
+        held / MAX_BATCH_SEGMENTS * MAX_BATCH_SEGMENTS
+    }
+}
+
+/// Blocks until a datagram is queued (true) or [`STOP_CHECK_INTERVAL`] passed (false).
+fn wait_readable(socket: &UdpSocket) -> io::Result<bool> {
+    match socket.peek(&mut []) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -233,35 +299,34 @@ impl ReceiveBuffers {
 
         let ReceiveBuffers { bytes, lengths } = self;
         lengths.clear();
-        socket.try_io(tokio::io::Interest::READABLE, || {
-            let mut slots: Vec<[IoSliceMut<'_>; 1]> = bytes
-                .chunks_mut(SLOT_BYTES)
-                .map(|slot| [IoSliceMut::new(slot)])
-                .collect();
-            // Built per call: the headers hold raw pointers, which would make the receive
-            // task's future unsendable if kept across an await.
-            let mut headers = MultiHeaders::<()>::preallocate(RECEIVE_SLOTS, None);
-            let results = recvmmsg(
-                socket.as_raw_fd(),
-                &mut headers,
-                slots.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            )
-            .map_err(io::Error::from)?;
-            lengths.extend(results.map(|message| message.bytes));
-            Ok(lengths.len())
-        })
+        let mut slots: Vec<[IoSliceMut<'_>; 1]> = bytes
+            .chunks_mut(SLOT_BYTES)
+            .map(|slot| [IoSliceMut::new(slot)])
+            .collect();
+        let mut headers = MultiHeaders::<()>::preallocate(RECEIVE_SLOTS, None);
+        let results = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slots.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        lengths.extend(results.map(|message| message.bytes));
+        Ok(lengths.len())
     }
 
     /// Takes up to [`RECEIVE_SLOTS`] queued datagrams one call each (no `recvmmsg` here).
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(all(unix, not(target_os = "linux")))]
     fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+
         self.lengths.clear();
         for slot in self.bytes.chunks_mut(SLOT_BYTES) {
-            match socket.try_recv_from(slot) {
-                Ok((len, _peer)) => self.lengths.push(len),
-                Err(e) if self.lengths.is_empty() => return Err(e),
+            match recv(socket.as_raw_fd(), slot, MsgFlags::MSG_DONTWAIT) {
+                Ok(len) => self.lengths.push(len),
+                Err(e) if self.lengths.is_empty() => return Err(e.into()),
                 Err(_) => break,
             }
         }
@@ -273,11 +338,21 @@ impl ReceiveBuffers {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn batched_receives_return_every_queued_datagram_whole_and_in_order() {
-        let socket = bind("127.0.0.1:0", 1 << 22).unwrap();
+    /// A bound socket that blocks up to two seconds for a datagram.
+    fn blocking_socket(address: &str) -> UdpSocket {
+        let socket = bind(address, 1 << 22).unwrap();
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket
+    }
+
+    #[test]
+    fn batched_receives_return_every_queued_datagram_whole_and_in_order() {
+        let socket = blocking_socket("127.0.0.1:0");
         let target = socket.local_addr().unwrap();
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         // More datagrams than slots, with the largest IPv4 datagram and an empty one among them.
         let sizes = [0, 1, 65_507, 100, 8_000, 1].repeat(7);
         let sent: Vec<Vec<u8>> = sizes
@@ -292,15 +367,15 @@ mod tests {
         let mut received = Vec::new();
         let mut calls = 0;
         while received.len() < sent.len() {
-            socket.readable().await.unwrap();
-            match buffers.receive(&socket) {
-                Ok(count) => {
-                    assert!(count <= RECEIVE_SLOTS);
-                    received.extend(buffers.datagrams().map(<[u8]>::to_vec));
-                    calls += 1;
-                }
-                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
-            }
+            assert!(
+                wait_readable(&socket).unwrap(),
+                "{} received",
+                received.len()
+            );
+            let count = buffers.receive(&socket).unwrap();
+            assert!((1..=RECEIVE_SLOTS).contains(&count));
+            received.extend(buffers.datagrams().map(<[u8]>::to_vec));
+            calls += 1;
         }
         assert_eq!(received, sent);
         assert!(
@@ -308,24 +383,88 @@ mod tests {
             "{calls} calls for {} datagrams",
             sent.len()
         );
+        // Never waits, even on a blocking socket.
         assert_eq!(
             buffers.receive(&socket).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
     }
 
-    #[tokio::test]
-    async fn a_wildcard_bind_receives_ipv4_and_ipv6() {
-        let socket = bind("0.0.0.0:0", 1 << 20).unwrap();
+    #[test]
+    fn a_wildcard_bind_receives_ipv4_and_ipv6() {
+        let socket = blocking_socket("0.0.0.0:0");
         let port = socket.local_addr().unwrap().port();
         let mut buf = [0u8; 16];
         for target in ["127.0.0.1", "::1"] {
-            let Ok(sender) = std::net::UdpSocket::bind((target, 0)) else {
+            let Ok(sender) = UdpSocket::bind((target, 0)) else {
                 continue; // No IPv6 loopback here.
             };
             sender.send_to(b"hello", (target, port)).unwrap();
-            let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+            let (len, _) = socket.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..len], b"hello");
         }
+    }
+
+    #[test]
+    fn segments_are_handed_over_in_whole_batches_or_after_the_hold_limit() {
+        let short = HOLD_LIMIT / 2;
+        assert_eq!(
+            hand_over_count(0, HOLD_LIMIT, true),
+            0,
+            "nothing to hand over"
+        );
+        assert_eq!(hand_over_count(MAX_BATCH_SEGMENTS - 1, short, false), 0);
+        assert_eq!(
+            hand_over_count(MAX_BATCH_SEGMENTS, Duration::ZERO, false),
+            50
+        );
+        assert_eq!(
+            hand_over_count(2 * MAX_BATCH_SEGMENTS + 7, short, false),
+            100
+        );
+        assert_eq!(hand_over_count(7, HOLD_LIMIT, false), 7);
+        assert_eq!(
+            hand_over_count(57, Duration::ZERO, true),
+            57,
+            "stopping: all"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_listener_hands_over_datagrams_and_drains_the_queue_when_stopped() {
+        let (admission, _metrics) = super::super::tests::admission(1 << 20);
+        let (segments, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let listener =
+            UdpListener::bind("127.0.0.1:0", 1 << 22, &admission, &segments, stop.clone()).unwrap();
+        let target = listener.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let datagram =
+            |i: usize| format!("{{\"format\":\"json\",\"version\":1}}\n{{\"id\":\"{i}\"}}");
+        sender.send_to(datagram(0).as_bytes(), target).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+            .await
+            .expect("the first datagram within 5 s")
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].document(), b"{\"id\":\"0\"}");
+
+        // Queued just before the stop: the final drain takes all of them.
+        for i in 1..=500 {
+            sender.send_to(datagram(i).as_bytes(), target).unwrap();
+        }
+        let started = std::time::Instant::now();
+        listener.stop().await;
+        assert!(started.elapsed() < STOP_CHECK_INTERVAL + Duration::from_secs(1));
+        let mut ids = Vec::new();
+        while let Ok(batch) = receiver.try_recv() {
+            ids.extend(
+                batch
+                    .iter()
+                    .map(|s| String::from_utf8(s.document().to_vec()).unwrap()),
+            );
+        }
+        let expected: Vec<String> = (1..=500).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
+        assert_eq!(ids, expected);
     }
 }
