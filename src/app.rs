@@ -399,9 +399,8 @@ impl Daemon {
         let config = new.config.clone();
         let changed = reload::changed_keys(&old, &config);
 
-        // Receiving starts here (before anything can still fail, so that a failure changes
-        // nothing): what the new socket takes goes into the same pipeline, and dropping the
-        // listener stops it if a later step fails.
+        // The new listener receives from here on, into the same pipeline; if a later step
+        // fails, dropping it stops it again.
         let new_udp = (old.udp_address != config.udp_address)
             .then(|| {
                 UdpListener::bind(

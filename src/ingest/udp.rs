@@ -2,10 +2,8 @@
 //! on a thread of its own, that drains the socket and hands admitted segments to the batcher.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-
-use std::net::UdpSocket;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +13,8 @@ use crate::batch::MAX_BATCH_SEGMENTS;
 use crate::net::{self, BindError, Network};
 use crate::segment::MAX_DATAGRAM_BYTES;
 
-/// Datagrams handed to the batcher per round at most, so that a flood still reaches it in
-/// steady portions and a stop is noticed.
+/// Datagrams taken from the socket per round at most, so that a flood still reaches the
+/// batcher in steady portions and a stop is noticed.
 const DATAGRAMS_PER_ROUND: usize = 256;
 
 /// After a round that emptied the socket, the pause before looking again. Without it, at
@@ -27,9 +25,9 @@ const DATAGRAMS_PER_ROUND: usize = 256;
 const COALESCE_PAUSE: Duration = Duration::from_millis(1);
 
 /// The longest a received segment waits in this thread for more to go with it. Hand-overs
-/// wake an upload thread, which costs more than the rest of the round in a VM; waiting for a
-/// batch's worth (or this long) makes them a few hundred a second instead of one per round.
-/// The batcher waits for full batches anyway, so only a lone segment sees the difference.
+/// wake an upload thread, which costs more than the rest of the round in a VM; handing over
+/// whole batches (or what is held after this long) makes them a few hundred a second instead
+/// of one per round, and the batcher can send each at once.
 const HOLD_LIMIT: Duration = Duration::from_millis(5);
 
 /// How long the idle loop waits for a datagram before it looks whether it should stop.
