@@ -70,7 +70,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     . /cross-env \
     && target="$(cat /rust-target)" \
     && if [ "${TARGETARCH}" = "${BUILDARCH}" ]; then \
-         cargo build --release --locked --bin xray \
+         XRAY_SYMBOL_ORDER=on cargo build --release --locked --bin xray \
          && install -D -m 0755 target/release/xray /out/xray; \
        else \
          cargo build --release --locked --bin xray --target "${target}" \

@@ -79,7 +79,7 @@ help: ## list the targets
 .PHONY: build
 build: ## release binary target/release/xray (needs: cargo)
 	@$(call require,$(CARGO),install a Rust toolchain with rustup)
-	$(CARGO) build --release $(CARGO_BUILD_FLAGS) --bin xray $(TARGET_FLAG)
+	XRAY_SYMBOL_ORDER=on $(CARGO) build --release $(CARGO_BUILD_FLAGS) --bin xray $(TARGET_FLAG)
 	@'$(RELEASE_BIN)' -v 2>/dev/null || true
 
 .PHONY: test

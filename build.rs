@@ -31,32 +31,44 @@ fn main() {
 
 /// Puts the functions that start-up and the upload path run next to each other at the start
 /// of the release binary's code (see scripts/symbol-order.sh): idle RSS falls by about 4 MB.
-/// Only where the linker is known to be lld (rustc's default for x86_64 Linux since 1.90) and
-/// nobody chose another; `XRAY_SYMBOL_ORDER=off` turns it off, e.g. to measure without it.
+/// Opt-in with `XRAY_SYMBOL_ORDER=on` (the Makefile, the Dockerfile and the bench set it),
+/// because the option is lld's: rustup's x86_64 Linux toolchains link with lld, but a
+/// distribution's rustc or a chosen linker may use GNU ld, which refuses it.
 fn symbol_order() {
     const ORDER: &str = "link/symbol-order.txt";
     println!("cargo:rerun-if-changed={ORDER}");
-    println!("cargo:rerun-if-env-changed=XRAY_SYMBOL_ORDER");
+    for name in [
+        "XRAY_SYMBOL_ORDER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+    ] {
+        println!("cargo:rerun-if-env-changed={name}");
+    }
     let var = |name: &str| env::var(name).unwrap_or_default();
     let rustflags = var("CARGO_ENCODED_RUSTFLAGS");
     let linker_chosen = env::var_os("RUSTC_LINKER").is_some()
-        || rustflags.contains("linker")
-        || rustflags.contains("link-self-contained");
-    if var("TARGET") != "x86_64-unknown-linux-gnu"
+        || ["linker", "link-self-contained", "fuse-ld"]
+            .iter()
+            .any(|flag| rustflags.contains(flag));
+    if var("XRAY_SYMBOL_ORDER") != "on"
+        || var("TARGET") != "x86_64-unknown-linux-gnu"
         || var("PROFILE") != "release"
-        || var("XRAY_SYMBOL_ORDER") == "off"
         || linker_chosen
     {
         return;
     }
     let order = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
     if order.is_file() {
-        println!(
-            "cargo:rustc-link-arg-bin=xray=-Wl,--symbol-ordering-file={}",
-            order.display()
-        );
-        // Names that this build does not have (another toolchain or Cargo.lock) only cost
-        // memory; `scripts/symbol-order.sh check` reports them.
-        println!("cargo:rustc-link-arg-bin=xray=-Wl,--no-warn-symbol-ordering");
+        // -Xlinker rather than -Wl,: a comma in the path would split the argument.
+        for arg in [
+            "-Xlinker".to_owned(),
+            format!("--symbol-ordering-file={}", order.display()),
+            // Names that this build does not have (another toolchain or Cargo.lock) only
+            // cost memory; `scripts/symbol-order.sh check` reports them.
+            "-Xlinker".to_owned(),
+            "--no-warn-symbol-ordering".to_owned(),
+        ] {
+            println!("cargo:rustc-link-arg-bin=xray={arg}");
+        }
     }
 }

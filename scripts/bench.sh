@@ -29,7 +29,7 @@ fi
 
 # The daemon is built on its own, exactly as it ships: building it together with examples
 # would turn on dev-dependency features in its dependencies (tokio's test-util).
-cargo build --release --bin xray
+XRAY_SYMBOL_ORDER=on cargo build --release --bin xray
 # Measure a snapshot, so a concurrent build cannot swap the binary in the middle of a run.
 mkdir -p target/xray-bench
 cp -f target/release/xray target/xray-bench/xray

@@ -20,6 +20,11 @@
 # never correctness (the linker ignores names it does not know); `check` fails when fewer
 # than 90 % of the names are in the binary, and tests/packaging runs it on the release build.
 set -euo pipefail
+export LC_ALL=C  # sort and comm must agree on one collation
+# A binary named relative to where the script was called from.
+if [[ "${1:-}" == "check" && -n "${2:-}" ]]; then
+    set -- check "$(realpath -- "$2")"
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ORDER=link/symbol-order.txt
@@ -32,7 +37,7 @@ text_symbols() {
 
 # listed FILE: the symbol names of an order file (comments and blank lines dropped).
 listed() {
-    grep -v -e '^#' -e '^$' "$1"
+    grep -v -e '^#' -e '^$' "$1" || true
 }
 
 check() {
@@ -72,7 +77,7 @@ executed() {
 
 generate() {
     command -v valgrind >/dev/null || { echo "symbol-order: needs valgrind (apt-get install valgrind)" >&2; return 1; }
-    cargo build --release --bin xray
+    XRAY_SYMBOL_ORDER=on cargo build --release --bin xray
     cargo build --release --example xray_bench
     local work
     work="$(mktemp -d)"

@@ -399,18 +399,8 @@ impl Daemon {
         let config = new.config.clone();
         let changed = reload::changed_keys(&old, &config);
 
-        // The new listener receives from here on, into the same pipeline; if a later step
-        // fails, dropping it stops it again.
         let new_udp = (old.udp_address != config.udp_address)
-            .then(|| {
-                UdpListener::bind(
-                    &config.udp_address,
-                    config.receive_buffer_bytes,
-                    &self.admission,
-                    &self.segments_tx,
-                    self.stop_ingest.child_token(),
-                )
-            })
+            .then(|| udp::bind(&config.udp_address, config.receive_buffer_bytes))
             .transpose()
             .map_err(|e| e.to_string())?;
         let new_tcp = (old.tcp_address != config.tcp_address)
@@ -476,7 +466,17 @@ impl Daemon {
                 .spawn(std::mem::replace(&mut self.tcp, server).stop_accepting());
         }
         match new_udp {
-            Some(listener) => {
+            Some(socket) => {
+                // Only a thread that cannot be created fails here; the old listener stays.
+                let listener = UdpListener::start(
+                    socket,
+                    &self.admission,
+                    &self.segments_tx,
+                    self.stop_ingest.child_token(),
+                )
+                .map_err(|e| {
+                    net::BindError::new(net::Network::Udp, &config.udp_address, &e).to_string()
+                })?;
                 let previous = std::mem::replace(&mut self.udp, listener);
                 log_listener(&self.udp);
                 self.retiring.spawn(previous.retire(REBIND_LINGER));

@@ -34,7 +34,7 @@ const HOLD_LIMIT: Duration = Duration::from_millis(5);
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Binds a UDP socket for `address` with the requested receive buffer.
-fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, BindError> {
+pub fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, BindError> {
     let socket = net::bind(address, Network::Udp)?;
     set_receive_buffer(&socket, receive_buffer_bytes);
     Ok(socket.into())
@@ -83,7 +83,7 @@ impl UdpListener {
     /// Starts receiving from `socket` on a new thread; it stops within
     /// [`STOP_CHECK_INTERVAL`] of `stop` firing, after draining what the kernel already
     /// queued, or of the listener being dropped.
-    fn start(
+    pub fn start(
         socket: UdpSocket,
         admission: &Admission,
         segments: &SegmentSender,
@@ -156,8 +156,11 @@ fn receive(
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
+                    // Keep listening: giving up would leave a daemon that reports ready and
+                    // receives nothing.
                     tracing::error!("daemon: socket: err: {e}");
-                    return;
+                    std::thread::sleep(STOP_CHECK_INTERVAL);
+                    continue;
                 }
             }
         }

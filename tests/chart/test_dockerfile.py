@@ -58,7 +58,7 @@ def test_multi_stage_cross_build():
                    "gcc-aarch64-linux-gnu", "gcc-x86-64-linux-gnu", "--mount=type=cache",
                    "cargo build --release --locked --bin xray --target",
                    # native: no --target, so the names in link/symbol-order.txt match
-                   'if [ "${TARGETARCH}" = "${BUILDARCH}" ]; then cargo build --release --locked --bin xray &&'):
+                   'if [ "${TARGETARCH}" = "${BUILDARCH}" ]; then XRAY_SYMBOL_ORDER=on cargo build --release --locked --bin xray &&'):
         assert needle in runs, needle
 
 
