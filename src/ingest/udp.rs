@@ -431,8 +431,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_stop_hands_over_everything_already_queued() {
+        let (admission, _metrics) = super::super::tests::admission(1 << 20);
+        let (segments, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let socket = blocking_socket("127.0.0.1:0");
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..500 {
+            let datagram = format!("{{\"format\":\"json\",\"version\":1}}\n{{\"id\":{i}}}");
+            sender
+                .send_to(datagram.as_bytes(), socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        // Already stopped: no waiting, one final drain of all 500 (more than a round's
+        // limit and a batch), handed over before returning.
+        receive(&socket, &admission, &segments, &stopped);
+        let mut count = 0;
+        while let Ok(batch) = receiver.try_recv() {
+            count += batch.len();
+        }
+        assert_eq!(count, 500);
+    }
+
     #[tokio::test]
-    async fn the_listener_hands_over_datagrams_and_drains_the_queue_when_stopped() {
+    async fn the_listener_hands_over_datagrams_in_order_and_loses_none_across_a_stop() {
         let (admission, _metrics) = super::super::tests::admission(1 << 20);
         let (segments, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
