@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::status::Destination;
 use crate::admin::{self, AdminServer, AdminState, Latch, Readiness, StatusBoard};
+use crate::aws::target::XrayTarget;
 use crate::budget::{self, MemoryBudget};
 use crate::config::{Config, Loaded};
 use crate::ingest::udp::{self, UdpListener};
@@ -22,7 +23,7 @@ use crate::ingest::{Admission, SegmentReceiver, SegmentSender};
 use crate::logging::LogHandle;
 use crate::metrics::{Metrics, Transport};
 use crate::net;
-use crate::proxy::{ProxyPolicy, ProxyTarget, TcpPortState, TcpServer};
+use crate::proxy::{ProxyPolicy, TcpPortState, TcpServer};
 use crate::reload::{self, ConfigInputs, ConfigWatcher, ReloadRequest};
 use crate::telemetry::{self, BackendErrors};
 use crate::upload::local::LocalSink;
@@ -48,6 +49,9 @@ pub enum StartError {
     /// No X-Ray endpoint for the region and the FIPS/dual-stack settings.
     #[error(transparent)]
     Endpoint(#[from] crate::aws::endpoint::EndpointError),
+    /// The X-Ray endpoint is not a usable URL (the Go daemon exits too).
+    #[error(transparent)]
+    InvalidEndpoint(#[from] crate::aws::target::InvalidEndpoint),
     /// The local sink could not be opened.
     #[error("Unable to open local sink {path}: {source}")]
     LocalSink {
@@ -85,7 +89,7 @@ pub struct Daemon {
     admission: Admission,
     concurrency: Arc<Concurrency>,
     sink_tx: watch::Sender<Arc<Sink>>,
-    proxy_target: watch::Sender<Option<Arc<ProxyTarget>>>,
+    proxy_target: watch::Sender<Option<Arc<XrayTarget>>>,
     proxy_policy: watch::Sender<ProxyPolicy>,
     tcp: TcpServer,
     tcp_state: TcpPortState,
@@ -538,7 +542,7 @@ fn log_listener(listener: &UdpListener) {
 struct Upstream {
     sink: Sink,
     /// `None` with the local sink: there is no X-Ray to proxy to.
-    proxy: Option<Arc<ProxyTarget>>,
+    proxy: Option<Arc<XrayTarget>>,
 }
 
 /// Serves the TCP port on `listener` (bound to `address`).
@@ -593,22 +597,7 @@ async fn build_upstream(
     let aws = crate::aws::setup(&settings, env).await?;
     let endpoint = xray_endpoint(config.endpoint.as_deref(), &region, &aws.sdk_config).await?;
     tracing::info!("HTTP Proxy server using X-Ray Endpoint : {endpoint}");
-    let proxy = match (
-        endpoint.parse::<http::Uri>(),
-        aws.sdk_config.credentials_provider(),
-    ) {
-        (Ok(uri), Some(provider)) => Some(Arc::new(ProxyTarget {
-            endpoint: uri,
-            region: region.clone(),
-            credentials: provider,
-            connector: aws.connector,
-        })),
-        (Err(error), _) => {
-            tracing::error!("unable to parse xray endpoint: {error}");
-            None
-        }
-        (_, None) => None,
-    };
+    let target = Arc::new(aws.xray_target(&endpoint)?);
     status.set_destination(Destination {
         sink: "xray".into(),
         region: Some(region),
@@ -622,12 +611,13 @@ async fn build_upstream(
         probe_status.set_credential_source(crate::aws::credential_source(&probe_config).await);
     });
     Ok(Upstream {
-        sink: Sink::Xray(XraySink::with_http_client(
+        sink: Sink::Xray(XraySink::new(
+            Arc::clone(&target),
             &aws.sdk_config,
             config.endpoint.as_deref(),
-            aws.xray_http_client,
+            aws.xray_http_client.clone(),
         )),
-        proxy,
+        proxy: Some(target),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Credentials for calls the daemon signs itself (the TCP sampling proxy): resolved through the
+//! Credentials for calls the daemon signs itself (uploads, the sampling proxy): resolved through the
 //! same provider as the SDK clients (the default chain or an assumed role), cached, and
 //! refreshed ahead of expiry. Providers themselves do not cache; the SDK clients have their own
 //! identity cache, which is not reachable from outside a client.
@@ -68,6 +68,25 @@ impl ProvideCredentials for CredentialsCache {
                 aws_credential_types::provider::error::CredentialsError::provider_error(e)
             })
         })
+    }
+}
+
+/// The provider when the SDK configuration has none: every resolution fails, saying so.
+#[derive(Debug)]
+pub struct NoProvider;
+
+impl ProvideCredentials for NoProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no credentials provider is configured",
+            ),
+        ))
     }
 }
 

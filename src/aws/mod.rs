@@ -8,6 +8,8 @@ pub mod imds;
 pub mod no_verify;
 pub mod proxy;
 pub mod region;
+pub mod sign;
+pub mod target;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -63,8 +65,8 @@ pub struct AwsSetup {
     /// The HTTP client X-Ray clients must use instead of `sdk_config`'s (with `NoVerifySSL`),
     /// or `None` when they use `sdk_config`'s.
     pub xray_http_client: Option<SharedHttpClient>,
-    /// For the sampling proxy's upstream requests: same proxy settings, and TLS verification
-    /// as for the other X-Ray calls.
+    /// For the requests the daemon signs itself (uploads, the sampling proxy): the same proxy
+    /// settings, and TLS verification as for the other X-Ray calls.
     pub connector: SharedHttpConnector,
 }
 
@@ -145,9 +147,22 @@ pub async fn setup(settings: &AwsSettings, env: Env<'_>) -> Result<AwsSetup, Aws
     })
 }
 
-/// Just the SDK configuration of [`setup`].
-pub async fn sdk_config(settings: &AwsSettings, env: Env<'_>) -> Result<SdkConfig, AwsError> {
-    setup(settings, env).await.map(|setup| setup.sdk_config)
+impl AwsSetup {
+    /// The target of the X-Ray calls the daemon signs itself (uploads, the sampling proxy):
+    /// `endpoint`, this configuration's region and cached credentials, and the X-Ray
+    /// connector.
+    pub fn xray_target(
+        &self,
+        endpoint: &str,
+    ) -> Result<target::XrayTarget, target::InvalidEndpoint> {
+        let region = self.sdk_config.region().map_or("", |r| r.as_ref());
+        // Without a provider every signed call fails, with the reason, like an SDK client's.
+        let credentials = self
+            .sdk_config
+            .credentials_provider()
+            .unwrap_or_else(|| SharedCredentialsProvider::new(credentials::NoProvider));
+        target::XrayTarget::new(endpoint, region, credentials, self.connector.clone())
+    }
 }
 
 /// The regional X-Ray endpoint, with the partition's DNS suffix (the Go daemon's table; the

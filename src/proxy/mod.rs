@@ -4,14 +4,10 @@
 //! Unlike the Go daemon's proxy, this one forwards only an allow-list of X-Ray API paths, never
 //! forwards a request it could not sign, and bounds request size, time and connections.
 
-pub mod sign;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_smithy_runtime_api::client::http::{HttpConnector, SharedHttpConnector};
-use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -24,9 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::aws::target::{Unsigned, XrayTarget};
 use crate::ingest::{tcp, Admission, SegmentSender};
 use crate::metrics::Metrics;
-use aws_credential_types::provider::ProvideCredentials;
 
 /// The paths every X-Ray SDK's centralized sampling uses.
 pub const DEFAULT_PATHS: [&str; 2] = ["/GetSamplingRules", "/SamplingTargets"];
@@ -38,20 +34,6 @@ pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 512;
 
 type ProxyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Where proxied requests go and the identity that signs them.
-#[derive(Debug)]
-pub struct ProxyTarget {
-    /// The endpoint (`scheme://host[:port]`; a path in it is ignored, as in the Go daemon).
-    pub endpoint: http::Uri,
-    /// The signing region.
-    pub region: String,
-    /// The daemon's credentials (role included), cached and shared with the SDK clients.
-    pub credentials: aws_credential_types::provider::SharedCredentialsProvider,
-    /// The outbound connector: the SDK clients' proxy settings, and TLS verification as for
-    /// the other X-Ray calls (off with `NoVerifySSL`).
-    pub connector: SharedHttpConnector,
-}
 
 /// What reload can change about the TCP port's behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +64,7 @@ impl ProxyPolicy {
 #[derive(Clone)]
 pub struct TcpPortState {
     /// Where requests go; `None` with the local sink (no AWS).
-    pub target: watch::Receiver<Option<Arc<ProxyTarget>>>,
+    pub target: watch::Receiver<Option<Arc<XrayTarget>>>,
     /// Allow-list, timeouts, ingest switch.
     pub policy: watch::Receiver<ProxyPolicy>,
     /// Proxy metrics.
@@ -331,41 +313,19 @@ async fn forward(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let mut upstream = upstream_request(&parts, body, &target.endpoint)
+    let mut upstream = upstream_request(&parts, body, target.endpoint())
         .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e))?;
-    let credentials = target
-        .credentials
-        .provide_credentials()
-        .await
-        .map_err(|e| {
-            let reason = crate::upload::xray::aws_error_chain(&e);
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not forwarded unsigned: credentials unavailable: {reason}"),
-            )
-        })?;
-    sign::sign(
-        &mut upstream,
-        &credentials,
-        &target.region,
-        SystemTime::now(),
-    )
-    .map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            format!("not forwarded unsigned: {e}"),
-        )
+    target.sign(&mut upstream).await.map_err(|e| {
+        let status = match e {
+            Unsigned::NoCredentials(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unsigned::Sign(_) => StatusCode::BAD_GATEWAY,
+        };
+        Refusal::new(status, format!("not forwarded unsigned: {e}"))
     })?;
     // Added after signing, as the Go daemon's reverse proxy does: it is informational.
     append_forwarded_for(upstream.headers_mut(), peer);
 
-    let upstream = aws_smithy_runtime_api::http::Request::try_from(upstream.map(SdkBody::from))
-        .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    let response = match tokio::time::timeout(
-        policy.upstream_timeout,
-        target.connector.call(upstream),
-    )
-    .await
+    let response = match tokio::time::timeout(policy.upstream_timeout, target.send(upstream)).await
     {
         Err(_) => {
             return Err(Refusal::new(

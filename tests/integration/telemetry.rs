@@ -48,10 +48,11 @@ async fn xray_sink(endpoint: &str) -> Sink {
         region: crate::fake_xray::REGION.to_owned(),
         ..AwsSettings::default()
     };
-    let sdk = xray_daemon::aws::sdk_config(&settings, &env(&[]))
+    let aws = xray_daemon::aws::setup(&settings, &env(&[]))
         .await
         .expect("no proxy, no error");
-    Sink::Xray(XraySink::new(&sdk, Some(endpoint)))
+    let target = Arc::new(aws.xray_target(endpoint).expect("a valid endpoint"));
+    Sink::Xray(XraySink::new(target, &aws.sdk_config, Some(endpoint), None))
 }
 
 fn own_metrics(received: u64) -> Metrics {

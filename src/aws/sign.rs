@@ -1,5 +1,5 @@
-//! SigV4 signing of proxied requests for service `xray`: pure, with the credentials, region and
-//! time passed in.
+//! SigV4 signing of the requests the daemon sends X-Ray itself (segment uploads and proxied
+//! sampling calls) for service `xray`: pure, with the credentials, region and time passed in.
 
 use std::time::SystemTime;
 
