@@ -596,7 +596,10 @@ async fn build_upstream(
     };
     let aws = crate::aws::setup(&settings, env).await?;
     let endpoint = xray_endpoint(config.endpoint.as_deref(), &region, &aws.sdk_config).await?;
-    tracing::info!("HTTP Proxy server using X-Ray Endpoint : {endpoint}");
+    tracing::info!(
+        "HTTP Proxy server using X-Ray Endpoint : {}",
+        crate::config::redact_url(&endpoint)
+    );
     let target = Arc::new(aws.xray_target(&endpoint)?);
     status.set_destination(Destination {
         sink: "xray".into(),
@@ -614,38 +617,46 @@ async fn build_upstream(
         sink: Sink::Xray(XraySink::new(
             Arc::clone(&target),
             &aws.sdk_config,
-            config.endpoint.as_deref(),
             aws.xray_http_client.clone(),
-        )),
+        )?),
         proxy: Some(target),
     })
 }
 
-/// The X-Ray endpoint: `Endpoint` when set, else the SDK's for the region with its FIPS and
-/// dual-stack settings. Uploads and telemetry resolve the same through the SDK client; the
-/// sampling proxy uses this value.
+/// The X-Ray endpoint for uploads, telemetry and the sampling proxy: `Endpoint` when set,
+/// else the SDK's for the region, its FIPS and dual-stack settings and a configured endpoint
+/// URL (`AWS_ENDPOINT_URL_XRAY`, ...).
 async fn xray_endpoint(
     configured: Option<&str>,
     region: &str,
     sdk_config: &aws_config::SdkConfig,
 ) -> Result<String, crate::aws::endpoint::EndpointError> {
+    use crate::config::redact_url;
     let variants = crate::aws::endpoint::EndpointVariants::of(sdk_config);
     if let Some(endpoint) = configured {
-        tracing::debug!("Using Endpoint: {endpoint}");
+        let endpoint_shown = redact_url(endpoint);
+        tracing::debug!("Using Endpoint: {endpoint_shown}");
         if variants.any() {
             tracing::warn!(
-                "Endpoint {endpoint} is set, so the SDK's {} endpoint setting does not apply",
+                "Endpoint {endpoint_shown} is set, so the SDK's {} endpoint setting does not apply",
                 variants.describe()
             );
         }
         return Ok(endpoint.to_owned());
     }
     tracing::debug!("Using default X-Ray endpoint");
-    let endpoint = crate::aws::endpoint::resolve(region, variants).await?;
-    if variants.any() {
-        tracing::info!("Using {} X-Ray endpoint {endpoint}", variants.describe());
+    let url = crate::aws::endpoint::configured_url(sdk_config);
+    let endpoint = crate::aws::endpoint::resolve(region, variants, url.as_deref()).await?;
+    let endpoint_shown = redact_url(&endpoint);
+    if url.is_some() {
+        tracing::info!("Using X-Ray endpoint {endpoint_shown} (AWS_ENDPOINT_URL_XRAY, AWS_ENDPOINT_URL or the profile's endpoint_url)");
+    } else if variants.any() {
+        tracing::info!(
+            "Using {} X-Ray endpoint {endpoint_shown}",
+            variants.describe()
+        );
     } else {
-        tracing::info!("Using X-Ray endpoint {endpoint}");
+        tracing::info!("Using X-Ray endpoint {endpoint_shown}");
     }
     Ok(endpoint)
 }

@@ -50,7 +50,7 @@ impl CredentialsCache {
         let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, self.provider.provide_credentials())
             .await
             .map_err(|_| NoCredentials("timed out resolving credentials".into()))?
-            .map_err(|e| NoCredentials(crate::upload::xray::aws_error_chain(&e)))?;
+            .map_err(|e| NoCredentials(crate::aws::error_chain(&e)))?;
         *cached = Some(resolved.clone());
         Ok(resolved)
     }

@@ -1,9 +1,10 @@
-//! Which X-Ray endpoint the daemon talks to: `Endpoint` when set, otherwise the one the SDK's
-//! own endpoint rules give for the region and the standard FIPS and dual-stack settings
+//! Which X-Ray endpoint the daemon talks to: `Endpoint` when set, otherwise what the SDK's own
+//! endpoint rules give for the region, the standard FIPS and dual-stack settings
 //! (`AWS_USE_FIPS_ENDPOINT`, `AWS_USE_DUALSTACK_ENDPOINT`, profile `use_fips_endpoint` and
-//! `use_dualstack_endpoint`). Uploads and telemetry resolve through the SDK client itself; the
-//! sampling proxy, which signs and sends its requests itself, uses this resolution, so both
-//! reach the same host (the Go daemon's proxy ignores FIPS and dual-stack).
+//! `use_dualstack_endpoint`) and a configured endpoint URL (`AWS_ENDPOINT_URL_XRAY`,
+//! `AWS_ENDPOINT_URL`, profile `endpoint_url`). Uploads, the sampling proxy and telemetry all
+//! use this one resolution, so they reach the same host (the Go daemon's proxy ignores FIPS
+//! and dual-stack).
 
 use aws_config::SdkConfig;
 use aws_sdk_xray::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
@@ -59,9 +60,30 @@ fn variants_suffix(variants: EndpointVariants) -> String {
     }
 }
 
-/// The X-Ray endpoint for `region` with `variants`, by the SDK's endpoint rules (the same
-/// rules the upload client applies to every request).
-pub async fn resolve(region: &str, variants: EndpointVariants) -> Result<String, EndpointError> {
+/// The endpoint URL configured for X-Ray outside the daemon's own options, read as the SDK
+/// client reads it: `AWS_ENDPOINT_URL_XRAY` or the profile's `services` section, else
+/// `AWS_ENDPOINT_URL` or the profile's `endpoint_url` (none with
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`).
+pub fn configured_url(sdk_config: &SdkConfig) -> Option<String> {
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("XRay")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .ok()?;
+    sdk_config
+        .service_config()
+        .and_then(|config| config.load_config(key))
+        .or_else(|| sdk_config.endpoint_url().map(str::to_owned))
+}
+
+/// The X-Ray endpoint for `region` with `variants` and a configured `url`, by the SDK's
+/// endpoint rules (which refuse FIPS or dual-stack together with a URL).
+pub async fn resolve(
+    region: &str,
+    variants: EndpointVariants,
+    url: Option<&str>,
+) -> Result<String, EndpointError> {
     let failed = |reason: String| EndpointError {
         region: region.to_owned(),
         variants,
@@ -71,6 +93,7 @@ pub async fn resolve(region: &str, variants: EndpointVariants) -> Result<String,
         .region(region)
         .use_fips(variants.fips)
         .use_dual_stack(variants.dual_stack)
+        .set_endpoint(url.map(str::to_owned))
         .build()
         .map_err(|e| failed(e.to_string()))?;
     DefaultResolver::new()
@@ -111,13 +134,13 @@ mod tests {
         ];
         for (variants, expected) in cases {
             assert_eq!(
-                resolve("us-east-1", variants).await.unwrap(),
+                resolve("us-east-1", variants, None).await.unwrap(),
                 expected,
                 "{variants:?}"
             );
         }
         assert_eq!(
-            resolve("us-gov-west-1", FIPS).await.unwrap(),
+            resolve("us-gov-west-1", FIPS, None).await.unwrap(),
             "https://xray-fips.us-gov-west-1.amazonaws.com"
         );
     }
@@ -133,7 +156,7 @@ mod tests {
             "us-isob-east-1",
         ] {
             assert_eq!(
-                resolve(region, NONE).await.unwrap(),
+                resolve(region, NONE, None).await.unwrap(),
                 super::super::default_endpoint(region),
                 "{region}"
             );
@@ -142,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unusable_region_is_an_error_naming_the_variants() {
-        let error = resolve("not a region!", FIPS)
+        let error = resolve("not a region!", FIPS, None)
             .await
             .unwrap_err()
             .to_string();
@@ -152,6 +175,32 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_configured_url_is_the_endpoint_unless_a_variant_is_asked_for() {
+        let url = Some("http://127.0.0.1:4000");
+        assert_eq!(
+            resolve("us-east-1", NONE, url).await.unwrap(),
+            "http://127.0.0.1:4000"
+        );
+        let error = resolve("us-east-1", FIPS, url)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("(FIPS)"), "{error}");
+    }
+
+    #[test]
+    fn the_configured_url_falls_back_to_the_global_one() {
+        let config = SdkConfig::builder()
+            .endpoint_url("http://127.0.0.1:5000")
+            .build();
+        assert_eq!(
+            configured_url(&config).as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        assert_eq!(configured_url(&SdkConfig::builder().build()), None);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Imds {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| transport(error_chain(&e)))?;
+                .map_err(|e| transport(super::error_chain(&e)))?;
             let status = response.status();
             let body = response
                 .into_body()
@@ -136,17 +136,6 @@ fn falls_back_to_v1(error: &ImdsError) -> bool {
         ImdsError::Status { status, .. } => matches!(status.as_u16(), 403..=405),
         ImdsError::Transport { .. } => false,
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

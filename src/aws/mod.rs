@@ -17,6 +17,22 @@ use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector
 
 pub use region::{resolve_region, NoRegion, RegionSource};
 
+/// An AWS error with its whole source chain, as one line ("service error: ...: ..."), each
+/// cause once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Reads an environment variable. Passed in rather than read globally, so tests (which share
 /// one process environment) control what each daemon sees.
 pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);

@@ -313,7 +313,7 @@ async fn forward(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let mut upstream = upstream_request(&parts, body, target.endpoint())
+    let mut upstream = upstream_request(&parts, body, &target)
         .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e))?;
     target.sign(&mut upstream).await.map_err(|e| {
         let status = match e {
@@ -336,10 +336,7 @@ async fn forward(
         Ok(Err(error)) => {
             return Err(Refusal::new(
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "X-Ray unreachable: {}",
-                    crate::upload::xray::aws_error_chain(&error)
-                ),
+                format!("X-Ray unreachable: {}", crate::aws::error_chain(&error)),
             ))
         }
         Ok(Ok(response)) => response,
@@ -357,14 +354,11 @@ async fn forward(
 fn upstream_request(
     parts: &http::request::Parts,
     body: Bytes,
-    endpoint: &http::Uri,
+    target: &XrayTarget,
 ) -> Result<Request<Bytes>, String> {
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = http::Uri::builder()
-        .scheme(endpoint.scheme_str().unwrap_or("https"))
-        .authority(endpoint.authority().map_or("", |a| a.as_str()))
-        .path_and_query(path_and_query)
-        .build()
+    let uri = target
+        .uri_on_host(path_and_query)
         .map_err(|e| format!("bad upstream URI: {e}"))?;
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
@@ -379,11 +373,7 @@ fn upstream_request(
     ] {
         headers.remove(name);
     }
-    let host = endpoint.authority().map_or("", |a| a.as_str());
-    headers.insert(
-        header::HOST,
-        HeaderValue::from_str(host).map_err(|e| e.to_string())?,
-    );
+    headers.insert(header::HOST, target.host().clone());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut request = Request::builder()
         .method(parts.method.clone())
@@ -466,10 +456,18 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let endpoint: http::Uri = "https://xray.eu-west-1.amazonaws.com/ignored/prefix"
-            .parse()
-            .unwrap();
-        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &endpoint).unwrap();
+        let target = XrayTarget::new(
+            "https://xray.eu-west-1.amazonaws.com/ignored/prefix",
+            "eu-west-1",
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                crate::aws::credentials::NoProvider,
+            ),
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(
+                crate::aws::proxy::connector(None).unwrap(),
+            ),
+        )
+        .unwrap();
+        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &target).unwrap();
         assert_eq!(
             upstream.uri(),
             "https://xray.eu-west-1.amazonaws.com/GetSamplingRules?x=1"

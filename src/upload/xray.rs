@@ -3,9 +3,10 @@
 //! the upload loop retries with its own policy, keeping the segments inside the budget), and
 //! an `aws-sdk-xray` client configured the same way for the daemon's other X-Ray calls.
 //!
-//! Uploads bypass the SDK's request pipeline because it cost about 2.5 µs of CPU per segment
-//! at 50 segments a request, a fifth of the daemon's total (docs/performance.md); what the
-//! SDK would add for this one operation (endpoint, signing, error codes) is done here.
+//! Uploads bypass the SDK's request pipeline because it cost about 3.5 µs of CPU per segment
+//! at 50 segments a request, a quarter of the daemon's total (docs/performance.md). What the
+//! SDK does for this one operation is done here: the endpoint's path, SigV4, clock-skew
+//! correction (in [`XrayTarget`]), error codes from `x-amzn-errortype` or the body.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,7 @@ use http_body_util::BodyExt;
 use super::body::put_trace_segments_body;
 use super::retry::Failure;
 use super::{SendFailure, Unprocessed};
-use crate::aws::target::XrayTarget;
+use crate::aws::target::{skew_changed, InvalidEndpoint, XrayTarget};
 
 /// The per-attempt deadline (the Go daemon's 2 s request timeout).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,26 +49,33 @@ pub struct XraySink {
 }
 
 impl XraySink {
-    /// Uploads through `target`. The SDK client for other X-Ray calls uses `sdk_config`
-    /// (region, credentials), `endpoint` in place of the regional one when set, and
-    /// `http_client` (the `NoVerifySSL` transport) when given.
+    /// Uploads through `target`. The SDK client for other X-Ray calls goes to the same
+    /// endpoint with `sdk_config`'s region and credentials, through `http_client` (the
+    /// `NoVerifySSL` transport) when given.
     pub fn new(
         target: Arc<XrayTarget>,
         sdk_config: &aws_config::SdkConfig,
-        endpoint: Option<&str>,
         http_client: Option<SharedHttpClient>,
-    ) -> Self {
+    ) -> Result<Self, InvalidEndpoint> {
         let token = user_agent_token(
             crate::VERSION,
             std::env::var("AWS_EXECUTION_ENV").ok().as_deref(),
         );
-        XraySink {
-            uri: trace_segments_uri(target.endpoint()),
-            user_agent: HeaderValue::from_str(&upload_user_agent(&token))
-                .unwrap_or_else(|_| HeaderValue::from_static("xray-agent/xray-daemon")),
+        Ok(XraySink {
+            uri: target.operation_uri("/TraceSegments")?,
+            // The token is printable ASCII; a strange AWS_EXECUTION_ENV falls back to UNKNOWN.
+            user_agent: HeaderValue::from_str(&token).unwrap_or_else(|_| {
+                HeaderValue::from_str(&user_agent_token(crate::VERSION, None))
+                    .unwrap_or(HeaderValue::from_static("xray-agent/xray-daemon"))
+            }),
+            client: sdk_client(
+                sdk_config,
+                &target.endpoint().to_string(),
+                http_client,
+                &token,
+            ),
             target,
-            client: sdk_client(sdk_config, endpoint, http_client, &token),
-        }
+        })
     }
 
     /// The X-Ray client (same credentials, region, endpoint and transport as uploads), for
@@ -79,22 +87,31 @@ impl XraySink {
     /// Sends one batch; returns the segments X-Ray reported as unprocessed.
     pub async fn send(&self, documents: &[&[u8]]) -> Result<Vec<Unprocessed>, SendFailure> {
         let body = Bytes::from(put_trace_segments_body(documents.iter().copied()));
+        let skew_before_ms = self.target.skew_ms();
+        let result = self.attempt(body.clone()).await;
+        // A refusal that taught a new clock skew was most likely for the signing time: sign
+        // once more with X-Ray's time at once (the SDK corrects skew the same way).
+        match &result {
+            Err(SendFailure {
+                failure: Failure::Http {
+                    status: 400..=499, ..
+                },
+                ..
+            }) if skew_changed(skew_before_ms, self.target.skew_ms()) => self.attempt(body).await,
+            _ => result,
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Result<Vec<Unprocessed>, SendFailure> {
         let mut request =
-            put_trace_segments_request(&self.uri, body, SystemTime::now()).map_err(|e| {
-                SendFailure {
-                    failure: Failure::Other,
-                    message: format!("building the request: {e}"),
-                }
-            })?;
+            put_trace_segments_request(&self.uri, self.target.host(), body, SystemTime::now())
+                .map_err(|e| other(format!("building the request: {e}")))?;
         // Credentials are resolved outside the attempt deadline: a first STS or metadata call
         // may take longer, and has its own time limit in the credentials cache.
         self.target
             .sign(&mut request)
             .await
-            .map_err(|e| SendFailure {
-                failure: Failure::Other,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| other(e.to_string()))?;
         // After signing, as the SDK does: User-Agent is not a signed header.
         request
             .headers_mut()
@@ -122,11 +139,12 @@ impl XraySink {
     }
 }
 
-/// The SDK client for X-Ray calls other than uploads, with the daemon's User-Agent token and
-/// `X-Amzn-Xray-Timestamp` header, the attempt deadline, and retries left to the caller.
+/// The SDK client for X-Ray calls other than uploads, to `endpoint` (already resolved), with
+/// the daemon's User-Agent token and `X-Amzn-Xray-Timestamp` header, the attempt deadline,
+/// and retries left to the caller.
 fn sdk_client(
     sdk_config: &aws_config::SdkConfig,
-    endpoint: Option<&str>,
+    endpoint: &str,
     http_client: Option<SharedHttpClient>,
     user_agent_token: &str,
 ) -> aws_sdk_xray::Client {
@@ -140,40 +158,29 @@ fn sdk_client(
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         )
-        .interceptor(DaemonHeaders::new(user_agent_token));
-    if let Some(endpoint) = endpoint {
-        // The SDK's rules refuse FIPS or dual-stack together with a custom endpoint (every
-        // request would fail); `Endpoint` names the host, so the variants do not apply.
-        config = config
-            .endpoint_url(endpoint)
-            .use_fips(false)
-            .use_dual_stack(false);
-    }
+        .interceptor(DaemonHeaders::new(user_agent_token))
+        // The FIPS and dual-stack settings are part of the resolved endpoint already (and the
+        // SDK's rules refuse them together with an endpoint URL).
+        .endpoint_url(endpoint)
+        .use_fips(false)
+        .use_dual_stack(false);
     if let Some(http_client) = http_client {
         config = config.http_client(http_client);
     }
     aws_sdk_xray::Client::from_conf(config.build())
 }
 
-/// `PutTraceSegments`' URI: the operation's path after the endpoint's own path, as the SDK
-/// joins them.
-fn trace_segments_uri(endpoint: &http::Uri) -> http::Uri {
-    let base = endpoint.path().trim_end_matches('/');
-    let mut parts = endpoint.clone().into_parts();
-    parts.path_and_query = format!("{base}/TraceSegments").parse().ok();
-    http::Uri::from_parts(parts).unwrap_or_else(|_| endpoint.clone())
-}
-
 /// The unsigned `PutTraceSegments` request carrying `body`, sent at `now`.
 fn put_trace_segments_request(
     uri: &http::Uri,
+    host: &HeaderValue,
     body: Bytes,
     now: SystemTime,
 ) -> Result<http::Request<Bytes>, http::Error> {
     http::Request::builder()
         .method(http::Method::POST)
         .uri(uri.clone())
-        .header(header::HOST, uri.authority().map_or("", |a| a.as_str()))
+        .header(header::HOST, host.clone())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, body.len())
         .header("x-amzn-xray-timestamp", xray_timestamp(now))
@@ -181,8 +188,7 @@ fn put_trace_segments_request(
 }
 
 /// The outcome of a `PutTraceSegments` response: the unprocessed segments of a success, or
-/// the failure with X-Ray's error code (from `x-amzn-errortype` or the body, the SDK's rules)
-/// and message.
+/// the failure with X-Ray's error code and message, found where the SDK looks for them.
 fn read_put_trace_segments_response(
     status: http::StatusCode,
     headers: &HeaderMap,
@@ -196,6 +202,7 @@ fn read_put_trace_segments_response(
             .map(|output| {
                 output
                     .unprocessed
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|entry| Unprocessed {
                         id: entry.id,
@@ -206,28 +213,51 @@ fn read_put_trace_segments_response(
             })
             .map_err(|e| other(format!("unreadable PutTraceSegments response: {e}")));
     }
-    let error: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let error = ErrorBody::read(body);
     let code = headers
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
-        .or(error.type_.as_deref())
         .or(error.code.as_deref())
         .map(sanitize_error_code)
         .filter(|c| !c.is_empty());
-    let message = error.message.or(error.message_upper);
-    let described = match (&code, message) {
+    let described = match (&code, error.message) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.clone(),
         (None, Some(message)) => message,
-        (None, None) => String::from_utf8_lossy(body).trim().to_owned(),
+        (None, None) => String::from_utf8_lossy(body).into_owned(),
     };
     Err(SendFailure {
-        message: format!("service error (HTTP {}): {described}", status.as_u16()),
+        message: format!(
+            "service error (HTTP {}): {}",
+            status.as_u16(),
+            printable(&described, MAX_MESSAGE_CHARS)
+        ),
         failure: Failure::Http {
             status: status.as_u16(),
             code,
         },
     })
+}
+
+/// The most of X-Ray's error text a log line or `/debug/status` shows.
+const MAX_MESSAGE_CHARS: usize = 256;
+
+/// `text` on one line: trimmed, control characters escaped (a response cannot forge log
+/// lines), cut after `max_chars` characters.
+fn printable(text: &str, max_chars: usize) -> String {
+    let text = text.trim();
+    let mut shown = String::new();
+    for c in text.chars().take(max_chars) {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    if text.chars().nth(max_chars).is_some() {
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// `ThrottledException` from `aws.xray#ThrottledException` or
@@ -239,8 +269,8 @@ fn sanitize_error_code(raw: &str) -> String {
 
 #[derive(serde::Deserialize)]
 struct PutTraceSegmentsOutput {
-    #[serde(rename = "UnprocessedTraceSegments", default)]
-    unprocessed: Vec<UnprocessedEntry>,
+    #[serde(rename = "UnprocessedTraceSegments")]
+    unprocessed: Option<Vec<UnprocessedEntry>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -253,14 +283,28 @@ struct UnprocessedEntry {
     message: Option<String>,
 }
 
-#[derive(serde::Deserialize, Default)]
+/// What an error body says, read field by field so that one odd field loses nothing else.
+#[derive(Default)]
 struct ErrorBody {
-    #[serde(rename = "__type")]
-    type_: Option<String>,
     code: Option<String>,
     message: Option<String>,
-    #[serde(rename = "Message")]
-    message_upper: Option<String>,
+}
+
+impl ErrorBody {
+    fn read(body: &[u8]) -> Self {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) else {
+            return ErrorBody::default();
+        };
+        let first = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|name| fields.get(*name)?.as_str().map(str::to_owned))
+        };
+        ErrorBody {
+            code: first(&["code", "Code", "__type"]),
+            message: first(&["message", "Message", "errorMessage"]),
+        }
+    }
 }
 
 fn other(message: String) -> SendFailure {
@@ -281,7 +325,7 @@ fn connector_failure(error: ConnectorError) -> SendFailure {
     };
     SendFailure {
         failure,
-        message: aws_error_chain(&error),
+        message: crate::aws::error_chain(&error),
     }
 }
 
@@ -306,23 +350,8 @@ where
     };
     SendFailure {
         failure,
-        message: aws_error_chain(error),
+        message: crate::aws::error_chain(error),
     }
-}
-
-/// An SDK error with its whole source chain, as one line ("service error: ...: ...").
-pub fn aws_error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `xray-agent/xray-daemon/<version> exec-env/<env> OS/<os>-<arch>`, with Go's names for
@@ -337,16 +366,6 @@ pub fn user_agent_token(version: &str, execution_env: Option<&str>) -> String {
     format!(
         "xray-agent/xray-daemon/{version} exec-env/{} OS/{}-{arch}",
         execution_env.filter(|e| !e.is_empty()).unwrap_or("UNKNOWN"),
-        std::env::consts::OS,
-    )
-}
-
-/// The uploads' User-Agent: the SDK's shape (what the Go daemon sends is its SDK's default
-/// followed by the token), then the daemon's token.
-fn upload_user_agent(token: &str) -> String {
-    format!(
-        "aws-sdk-rust api/xray/{} os/{} lang/rust {token}",
-        aws_sdk_xray::meta::PKG_VERSION,
         std::env::consts::OS,
     )
 }
@@ -425,28 +444,12 @@ mod tests {
     }
 
     #[test]
-    fn uploads_go_to_trace_segments_after_the_endpoint_path() {
-        for (endpoint, uri) in [
-            (
-                "https://xray.us-east-1.amazonaws.com",
-                "https://xray.us-east-1.amazonaws.com/TraceSegments",
-            ),
-            ("http://127.0.0.1:9/", "http://127.0.0.1:9/TraceSegments"),
-            (
-                "http://proxy:8080/xray/",
-                "http://proxy:8080/xray/TraceSegments",
-            ),
-        ] {
-            assert_eq!(trace_segments_uri(&endpoint.parse().unwrap()), uri);
-        }
-    }
-
-    #[test]
     fn the_request_has_the_rest_json_shape_and_the_daemon_headers() {
-        let uri = trace_segments_uri(&"http://127.0.0.1:4000".parse().unwrap());
+        let uri: http::Uri = "http://127.0.0.1:4000/TraceSegments".parse().unwrap();
+        let host = HeaderValue::from_static("127.0.0.1:4000");
         let body = Bytes::from_static(br#"{"TraceSegmentDocuments":["{}"]}"#);
         let at = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
-        let request = put_trace_segments_request(&uri, body.clone(), at).unwrap();
+        let request = put_trace_segments_request(&uri, &host, body.clone(), at).unwrap();
         assert_eq!(request.method(), http::Method::POST);
         assert_eq!(request.uri(), "http://127.0.0.1:4000/TraceSegments");
         let headers = request.headers();
@@ -584,15 +587,70 @@ mod tests {
     }
 
     #[test]
-    fn the_upload_user_agent_ends_with_the_daemon_token() {
-        let agent =
-            upload_user_agent("xray-agent/xray-daemon/1.2.3 exec-env/UNKNOWN OS/linux-amd64");
-        assert!(agent.starts_with("aws-sdk-rust api/xray/"), "{agent}");
-        assert!(
-            agent.ends_with(" xray-agent/xray-daemon/1.2.3 exec-env/UNKNOWN OS/linux-amd64"),
-            "{agent}"
+    fn odd_error_bodies_lose_only_the_odd_field_and_stay_on_one_short_line() {
+        let numeric_code = read(400, &[], r#"{"code":123,"message":"bad input"}"#).unwrap_err();
+        assert_eq!(
+            numeric_code.failure,
+            Failure::Http {
+                status: 400,
+                code: None
+            }
         );
-        assert!(HeaderValue::from_str(&agent).is_ok());
+        assert_eq!(numeric_code.message, "service error (HTTP 400): bad input");
+
+        // The body's `code` wins over `__type`, as in the SDK; `errorMessage` is read too.
+        let both = read(
+            400,
+            &[],
+            r#"{"code":"InvalidRequestException","__type":"Other","errorMessage":"why"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            both.message,
+            "service error (HTTP 400): InvalidRequestException: why"
+        );
+
+        let forged = read(502, &[], "bad gateway\n2016-11-24T06:07:06Z [Info] forged").unwrap_err();
+        assert!(!forged.message.contains('\n'), "{}", forged.message);
+        assert!(
+            forged.message.contains("bad gateway\\n2016"),
+            "{}",
+            forged.message
+        );
+
+        let long = read(500, &[], &"x".repeat(10_000)).unwrap_err();
+        assert!(long.message.len() < 300, "{}", long.message.len());
+        assert!(long.message.ends_with("x..."));
+
+        assert_eq!(
+            read(200, &[], r#"{"UnprocessedTraceSegments":null}"#).unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn transport_failures_are_told_apart() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            connector_failure(ConnectorError::io(refused.into())).failure,
+            Failure::ConnectionRefused
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            connector_failure(ConnectorError::io(reset.into())).failure,
+            Failure::Connection
+        );
+        let timeout = connector_failure(ConnectorError::timeout("read timed out".into()));
+        assert_eq!(timeout.failure, Failure::Timeout);
+        assert!(
+            timeout.message.contains("read timed out"),
+            "{}",
+            timeout.message
+        );
+        assert_eq!(
+            connector_failure(ConnectorError::user("bad request".into())).failure,
+            Failure::Other
+        );
     }
 
     #[test]

@@ -165,3 +165,39 @@ async fn endpoint_overrides_fips_for_uploads_and_sampling() {
     )
     .await;
 }
+
+/// `AWS_ENDPOINT_URL_XRAY` (and the global `AWS_ENDPOINT_URL`), read as the SDK reads them,
+/// move uploads and the sampling proxy's upstream together.
+#[tokio::test]
+async fn aws_endpoint_url_settings_move_uploads_and_sampling() {
+    for variable in ["AWS_ENDPOINT_URL_XRAY", "AWS_ENDPOINT_URL"] {
+        let fake = FakeXray::start().await;
+        let endpoint = fake.endpoint();
+        let xray = Xray::start(
+            &[],
+            &[
+                (variable, endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", fake_xray::ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", fake_xray::SECRET_KEY),
+            ],
+        )
+        .await;
+        send_paced(xray.udp().await, &[datagram("moved", 100)], 1000).await;
+        let documents = fake.wait_for_documents(1, Duration::from_secs(5)).await;
+        assert_eq!(
+            crate::ids(&documents),
+            ["moved"],
+            "{variable}: {}",
+            xray.log()
+        );
+        let (status, body) = exchange(xray.tcp().await, &post("/GetSamplingRules", "{}")).await;
+        assert_eq!(status, 200, "{variable}: {body}");
+        assert_eq!(fake.proxied().len(), 1, "{variable}");
+        assert_eq!(fake.bad_signatures(), 0);
+        xray.wait_for_log(
+            &format!("HTTP Proxy server using X-Ray Endpoint : {endpoint}"),
+            Duration::from_secs(1),
+        )
+        .await;
+    }
+}

@@ -82,6 +82,11 @@ struct Recorded {
     keys: std::collections::HashMap<String, String>,
     /// The access key id of every request whose signature verified, in arrival order.
     signers: Vec<String>,
+    /// The fake's clock minus the machine's, in seconds (`clock_ahead`): its `Date` headers
+    /// show it, and signatures more than 5 minutes away from it are refused, as AWS does.
+    clock_offset_secs: i64,
+    /// Requests refused because their signing time was outside that window.
+    expired_signatures: usize,
 }
 
 /// A running fake.
@@ -139,6 +144,16 @@ impl FakeXray {
         };
         fake.serve(listener);
         fake
+    }
+
+    /// Moves the fake's clock `secs` ahead of the machine's (negative: behind).
+    pub fn clock_ahead(&self, secs: i64) {
+        self.state.lock().unwrap().clock_offset_secs = secs;
+    }
+
+    /// Requests refused with "Signature expired" (signed too far from the fake's clock).
+    pub fn expired_signatures(&self) -> usize {
+        self.state.lock().unwrap().expired_signatures
     }
 
     /// Accepts signatures made with this key pair from now on.
@@ -388,7 +403,59 @@ async fn serve_connection(
     }
 }
 
+/// The fake's time, as `Date` and the signing window see it.
+fn fake_now(state: &Mutex<Recorded>) -> SystemTime {
+    let offset = state.lock().unwrap().clock_offset_secs;
+    let by = Duration::from_secs(offset.unsigned_abs());
+    if offset >= 0 {
+        SystemTime::now() + by
+    } else {
+        SystemTime::now() - by
+    }
+}
+
+/// Every answer carries the fake's `Date`; a signature made more than 5 minutes away from the
+/// fake's clock is refused before anything else, as AWS does.
 async fn handle(
+    State(state): State<Arc<Mutex<Recorded>>>,
+    reset: axum::Extension<ConnectionReset>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = fake_now(&state);
+    let signed_at = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|date| parse_amz_date(date).ok());
+    let expired = signed_at.is_some_and(|at| {
+        let apart = at.duration_since(now).unwrap_or_else(|e| e.duration());
+        apart > Duration::from_secs(300)
+    });
+    let mut response = if expired {
+        state.lock().unwrap().expired_signatures += 1;
+        let body = serde_json::json!({
+            "message": "Signature expired: the request was signed too far from the current time"
+        })
+        .to_string();
+        (
+            StatusCode::FORBIDDEN,
+            [("x-amzn-errortype", "InvalidSignatureException")],
+            body,
+        )
+            .into_response()
+    } else {
+        answer(State(state), reset, method, uri, headers, body).await
+    };
+    let date = aws_smithy_types::DateTime::from(now)
+        .fmt(aws_smithy_types::date_time::Format::HttpDate)
+        .unwrap();
+    response.headers_mut().insert("date", date.parse().unwrap());
+    response
+}
+
+async fn answer(
     State(state): State<Arc<Mutex<Recorded>>>,
     axum::Extension(reset): axum::Extension<ConnectionReset>,
     method: Method,

@@ -575,3 +575,35 @@ async fn sigterm_with_a_hung_backend_counts_the_rest_as_dropped_and_exits_in_tim
     assert_eq!(received, dropped, "everything held is counted as dropped");
     assert!(fake.documents().is_empty());
 }
+
+/// A host clock an hour behind X-Ray's: the first upload is refused ("Signature expired"),
+/// its answer's `Date` teaches the skew, and the same batch is signed again with X-Ray's time
+/// at once. Later uploads and proxied sampling calls are signed right the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_an_hour_off_is_corrected_from_xrays_date_and_loses_nothing() {
+    let fake = FakeXray::start().await;
+    fake.clock_ahead(3600);
+    let daemon = Running::start(args_for(&fake)).await;
+
+    send_paced(daemon.udp, &[datagram("skew-1", 100)], 1000).await;
+    let documents = fake.wait_for_documents(1, Duration::from_secs(10)).await;
+    assert_eq!(ids(&documents), ["skew-1"]);
+    assert_eq!(
+        fake.expired_signatures(),
+        1,
+        "only the first attempt used the host's clock"
+    );
+
+    send_paced(daemon.udp, &[datagram("skew-2", 100)], 1000).await;
+    fake.wait_for_documents(2, Duration::from_secs(10)).await;
+    let (status, body) =
+        crate::proxy::exchange(daemon.tcp, &crate::proxy::post("/GetSamplingRules", "{}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fake.expired_signatures(), 1);
+    assert_eq!(fake.bad_signatures(), 0);
+
+    assert_eq!(daemon.total("xray_segments_sent_total"), 2);
+    assert_eq!(daemon.total("xray_segments_dropped_total"), 0);
+    daemon.assert_accounting_identity().await;
+    daemon.shutdown().await;
+}

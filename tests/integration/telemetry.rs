@@ -52,7 +52,7 @@ async fn xray_sink(endpoint: &str) -> Sink {
         .await
         .expect("no proxy, no error");
     let target = Arc::new(aws.xray_target(endpoint).expect("a valid endpoint"));
-    Sink::Xray(XraySink::new(target, &aws.sdk_config, Some(endpoint), None))
+    Sink::Xray(XraySink::new(target, &aws.sdk_config, None).expect("a valid endpoint"))
 }
 
 fn own_metrics(received: u64) -> Metrics {
