@@ -12,8 +12,9 @@
 //! - [`batch`]: when a batch is ready (pure, time passed in).
 //! - [`upload`]: batches to X-Ray (`PutTraceSegments`) or the local sink, with retries.
 //! - [`aws`]: region resolution, credentials, the outbound HTTP clients (proxy, and the
-//!   `NoVerifySSL` transport for X-Ray), the X-Ray endpoint (FIPS, dual-stack) and the SDK
-//!   configuration.
+//!   `NoVerifySSL` transport for X-Ray), the X-Ray endpoint (FIPS, dual-stack, endpoint URL
+//!   settings), the SDK configuration, and the X-Ray target: SigV4 signing with clock-skew
+//!   correction for the calls the daemon signs itself (uploads, the sampling proxy).
 //! - [`metrics`]: every Prometheus metric (names are API).
 //! - [`admin`]: the admin HTTP server: probes, metrics, diagnostics, reload endpoint.
 //! - [`reload`]: reload triggers (SIGHUP, HTTP, a watched config file) and what changed.

@@ -1,6 +1,7 @@
 //! AWS settings: the region, the outbound HTTP client (proxy, and the `NoVerifySSL` transport
-//! for X-Ray), the credentials (default chain, optionally an assumed role), the X-Ray endpoint
-//! and the SDK configuration built from them for every AWS call.
+//! for X-Ray), the credentials (default chain, optionally an assumed role), the X-Ray endpoint,
+//! the SDK configuration built from them, and the target of the X-Ray calls the daemon signs
+//! itself (uploads, the sampling proxy).
 
 pub mod credentials;
 pub mod endpoint;

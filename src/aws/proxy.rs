@@ -80,8 +80,8 @@ pub fn http_client(proxy: Option<&ProxySettings>) -> Result<SharedHttpClient, Ba
     )
 }
 
-/// A connector with the same proxy and TLS settings, for requests the daemon sends itself
-/// (the sampling proxy's upstream calls); the caller bounds their time.
+/// A connector with the same proxy and TLS settings, for requests the daemon signs and sends
+/// itself (uploads, the sampling proxy's upstream calls); the caller bounds their time.
 pub fn connector(proxy: Option<&ProxySettings>) -> Result<Connector, BadProxy> {
     Ok(Connector::builder()
         .proxy_config(proxy_config(proxy)?)
