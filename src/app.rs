@@ -538,6 +538,22 @@ fn log_listener(listener: &UdpListener) {
     );
 }
 
+/// The runtime's worker threads unless `TOKIO_WORKER_THREADS` says otherwise. UDP is
+/// received on a thread of its own, so the runtime only uploads, proxies and serves TCP: one
+/// worker does that for 100,000 segments/s, and a second mostly adds wake-ups (every task it
+/// could steal wakes it) that cost 10-20 % more CPU per segment (docs/performance.md).
+pub const RUNTIME_WORKER_THREADS: usize = 1;
+
+/// The daemon's tokio runtime: [`RUNTIME_WORKER_THREADS`] workers, or as many as
+/// `TOKIO_WORKER_THREADS` (read by tokio itself) when `worker_threads_from_env`.
+pub fn runtime(worker_threads_from_env: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if !worker_threads_from_env {
+        builder.worker_threads(RUNTIME_WORKER_THREADS);
+    }
+    builder.enable_all().build()
+}
+
 /// Where segments and proxied requests go.
 struct Upstream {
     sink: Sink,

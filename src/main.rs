@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use xray_daemon::app::Daemon;
+use xray_daemon::app::{self, Daemon};
 use xray_daemon::cli::{self, Command, Flags};
 use xray_daemon::config::{self, Loaded, OptionId};
 use xray_daemon::reload::ConfigInputs;
@@ -96,7 +96,8 @@ fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
     if let Some(file) = &loaded.file {
         tracing::debug!("Using config file {}", file.display());
     }
-    let runtime = tokio::runtime::Runtime::new().context("Unable to start the runtime")?;
+    let runtime = app::runtime(std::env::var_os("TOKIO_WORKER_THREADS").is_some())
+        .context("Unable to start the runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::start(
             inputs,

@@ -63,11 +63,9 @@ impl XraySink {
         );
         Ok(XraySink {
             uri: target.operation_uri("/TraceSegments")?,
-            // The token is printable ASCII; a strange AWS_EXECUTION_ENV falls back to UNKNOWN.
-            user_agent: HeaderValue::from_str(&token).unwrap_or_else(|_| {
-                HeaderValue::from_str(&user_agent_token(crate::VERSION, None))
-                    .unwrap_or(HeaderValue::from_static("xray-agent/xray-daemon"))
-            }),
+            // Only an AWS_EXECUTION_ENV that is no header text can fail here.
+            user_agent: HeaderValue::from_str(&token)
+                .unwrap_or(HeaderValue::from_static("xray-agent/xray-daemon")),
             client: sdk_client(
                 sdk_config,
                 &target.endpoint().to_string(),

@@ -314,3 +314,32 @@ async fn sighup_reloads_the_config_file_and_the_log_level_changes_live() {
         0
     );
 }
+
+/// The runtime's worker threads of a running daemon, by thread name.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+/// One runtime worker (UDP has a thread of its own), unless `TOKIO_WORKER_THREADS` says
+/// otherwise; either way segments flow.
+#[tokio::test]
+async fn the_runtime_has_one_worker_unless_tokio_worker_threads_is_set() {
+    for (env, workers) in [(None, 1), (Some("3"), 3)] {
+        let fake = FakeXray::start().await;
+        let endpoint = fake.endpoint();
+        let mut vars = vec![
+            ("AWS_ACCESS_KEY_ID", fake_xray::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", fake_xray::SECRET_KEY),
+        ];
+        vars.extend(env.map(|threads| ("TOKIO_WORKER_THREADS", threads)));
+        let xray = crate::process::Xray::start(&["--endpoint", &endpoint], &vars).await;
+        assert_eq!(runtime_workers(xray.pid()), workers, "{env:?}");
+        send_paced(xray.udp().await, &[datagram("w", 100)], 1000).await;
+        let documents = fake.wait_for_documents(1, Duration::from_secs(5)).await;
+        assert_eq!(crate::ids(&documents), ["w"], "{}", xray.log());
+    }
+}
