@@ -269,6 +269,27 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn without_credentials_nothing_is_signed_and_the_reason_is_given() {
+        let target = XrayTarget::new(
+            "https://xray.us-east-1.amazonaws.com",
+            "us-east-1",
+            SharedCredentialsProvider::new(crate::aws::credentials::NoProvider),
+            SharedHttpConnector::new(crate::aws::proxy::connector(None).unwrap()),
+        )
+        .unwrap();
+        let mut request = http::Request::new(Bytes::new());
+        let error = target.sign(&mut request).await.unwrap_err();
+        assert!(matches!(error, Unsigned::NoCredentials(_)));
+        assert!(
+            error
+                .to_string()
+                .contains("no credentials provider is configured"),
+            "{error}"
+        );
+        assert!(!request.headers().contains_key("authorization"));
+    }
+
     #[test]
     fn clock_skew_is_learnt_from_date_and_applied_when_over_a_minute() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

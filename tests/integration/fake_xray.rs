@@ -43,6 +43,8 @@ pub enum Reply {
     /// No response: the connection is reset (RST) once the request has been read; nothing
     /// is recorded.
     Reset,
+    /// 200 with a body of this many bytes (over the daemon's limit); nothing is recorded.
+    Oversized(usize),
 }
 
 /// A request the fake received on a path other than `/TraceSegments`.
@@ -341,7 +343,7 @@ async fn proxied_reply(
     match reply {
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
-        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset => {}
+        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset | Reply::Oversized(_) => {}
     }
     let echo = serde_json::json!({ "Path": uri.path(), "Body": String::from_utf8_lossy(body) });
     (
@@ -531,6 +533,14 @@ async fn answer(
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
         Reply::Reset => return reset_connection(&reset).await,
+        Reply::Oversized(bytes) => {
+            let padding = " ".repeat(bytes);
+            return (
+                StatusCode::OK,
+                format!("{{\"UnprocessedTraceSegments\":[]{padding}}}"),
+            )
+                .into_response();
+        }
         Reply::Accept | Reply::Unprocessed(..) => {}
     }
     let unprocessed_ids = match &reply {
@@ -560,7 +570,7 @@ async fn telemetry_reply(state: &Mutex<Recorded>, reply: Reply, body: &[u8]) -> 
     match reply {
         Reply::Fail(status, code) => return error(status, code),
         Reply::Stall(delay) => tokio::time::sleep(delay).await,
-        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset => {}
+        Reply::Accept | Reply::Unprocessed(..) | Reply::Reset | Reply::Oversized(_) => {}
     }
     let parsed = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     state.lock().unwrap().telemetry.push(parsed);

@@ -342,3 +342,27 @@ async fn what_the_shutdown_deadline_cuts_off_is_counted_as_dropped() {
     assert_eq!(metrics.total("xray_segments_dropped_total"), 300);
     assert_eq!(metrics.total("xray_segments_sent_total"), 0);
 }
+
+/// An answer over the 1 MiB limit is not read to its end: the attempt fails as `other` and
+/// the batch is sent again (and then delivered once).
+#[tokio::test]
+async fn an_oversized_answer_fails_the_attempt_and_the_batch_is_resent() {
+    let fake = FakeXray::start().await;
+    fake.script([Reply::Oversized(2 << 20), Reply::Accept]);
+    let daemon = Running::start(args_for(&fake)).await;
+    send_paced(daemon.udp, &[datagram("big-answer", 100)], 1000).await;
+    let documents = fake.wait_for_documents(1, Duration::from_secs(5)).await;
+    assert_eq!(ids(&documents), ["big-answer"]);
+    assert!(
+        eventually(Duration::from_secs(2), || daemon
+            .series(r#"xray_upload_requests_total{outcome="ok"}"#)
+            == 1)
+        .await
+    );
+    assert_eq!(
+        daemon.series(r#"xray_upload_requests_total{outcome="other"}"#),
+        1
+    );
+    assert_eq!(daemon.total("xray_segments_sent_total"), 1);
+    daemon.shutdown().await;
+}
