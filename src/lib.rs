@@ -23,6 +23,7 @@
 //! - [`app`]: the daemon assembled: start (bind everything), run, ordered shutdown.
 //! - [`telemetry`]: the daemon's own X-Ray telemetry (`PutTelemetryRecords`).
 //! - [`signals`], [`healthcheck`]: process signals; the `xray healthcheck` probe.
+//! - [`memory`]: the executable's pages that can be given back once started.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +38,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod ingest;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

@@ -106,6 +106,7 @@ fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
             prometheus::Registry::new(),
         )
         .await?;
+        release_relocation_pages();
         tokio::spawn(signals::forward_reloads(daemon.reload_sender()));
         daemon
             .run(async {
@@ -116,6 +117,40 @@ fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
         tracing::debug!("Shutdown finished");
         Ok(())
     })
+}
+
+/// Gives back the pages of the executable's relocation table, read once by the loader and
+/// never again (about 0.55 MB of resident memory; see `xray_daemon::memory`). Called once
+/// start-up is done, so that start-up's own page faults do not map them back.
+fn release_relocation_pages() {
+    #[cfg(target_os = "linux")]
+    match xray_daemon::memory::droppable_relocation_pages() {
+        Ok(Some(pages)) => {
+            let Some(start) = std::ptr::NonNull::new(pages.start as *mut std::ffi::c_void) else {
+                return;
+            };
+            // SAFETY: `pages` are whole pages of a read-only PT_LOAD segment of this
+            // executable, outside RELRO and every writable segment (`droppable_pages`), so
+            // they were never written: a private file mapping's clean pages, which
+            // MADV_DONTNEED only unmaps. A later read faults them back in from the file.
+            let result = unsafe {
+                nix::sys::mman::madvise(
+                    start,
+                    pages.len(),
+                    nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+                )
+            };
+            match result {
+                Ok(()) => tracing::debug!(
+                    "Released {} KB of relocation table pages",
+                    pages.len() / 1024
+                ),
+                Err(e) => tracing::debug!("Relocation table pages kept: {e}"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!("{e}"),
+    }
 }
 
 fn probe(url: &str) -> ExitCode {

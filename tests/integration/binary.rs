@@ -325,9 +325,10 @@ fn runtime_workers(pid: u32) -> usize {
 }
 
 /// One runtime worker (UDP has a thread of its own), unless `TOKIO_WORKER_THREADS` says
-/// otherwise; either way segments flow.
+/// otherwise; the relocation table's pages are given back once started; either way segments
+/// flow.
 #[tokio::test]
-async fn the_runtime_has_one_worker_unless_tokio_worker_threads_is_set() {
+async fn a_started_binary_has_one_runtime_worker_and_gives_back_its_relocation_table() {
     for (env, workers) in [(None, 1), (Some("3"), 3)] {
         let fake = FakeXray::start().await;
         let endpoint = fake.endpoint();
@@ -338,6 +339,8 @@ async fn the_runtime_has_one_worker_unless_tokio_worker_threads_is_set() {
         vars.extend(env.map(|threads| ("TOKIO_WORKER_THREADS", threads)));
         let xray = crate::process::Xray::start(&["--endpoint", &endpoint], &vars).await;
         assert_eq!(runtime_workers(xray.pid()), workers, "{env:?}");
+        xray.wait_for_log("KB of relocation table pages", Duration::from_secs(5))
+            .await;
         send_paced(xray.udp().await, &[datagram("w", 100)], 1000).await;
         let documents = fake.wait_for_documents(1, Duration::from_secs(5)).await;
         assert_eq!(crate::ids(&documents), ["w"], "{}", xray.log());
