@@ -121,7 +121,8 @@ fn run(inputs: ConfigInputs, loaded: Loaded) -> anyhow::Result<()> {
 
 /// Gives back the pages of the executable's relocation table, read once by the loader and
 /// never again (about 0.55 MB of resident memory; see `xray_daemon::memory`). Called once
-/// start-up is done, so that start-up's own page faults do not map them back.
+/// start-up is done, so that start-up's own page faults do not map them back. They stay in
+/// the page cache, as clean file pages the kernel may reclaim.
 fn release_relocation_pages() {
     #[cfg(target_os = "linux")]
     match xray_daemon::memory::droppable_relocation_pages() {
@@ -129,10 +130,12 @@ fn release_relocation_pages() {
             let Some(start) = std::ptr::NonNull::new(pages.start as *mut std::ffi::c_void) else {
                 return;
             };
-            // SAFETY: `pages` are whole pages of a read-only PT_LOAD segment of this
-            // executable, outside RELRO and every writable segment (`droppable_pages`), so
-            // they were never written: a private file mapping's clean pages, which
-            // MADV_DONTNEED only unmaps. A later read faults them back in from the file.
+            // SAFETY: `pages` are whole pages (of the kernel's page size) of a read-only
+            // PT_LOAD segment of this executable, outside RELRO and every writable segment,
+            // and /proc/self/maps shows them as a read-only private mapping of this very file
+            // at the matching offset (`droppable_relocation_pages`). Never written, they are
+            // clean file pages, which MADV_DONTNEED only unmaps: a later read faults them
+            // back in from the file.
             let result = unsafe {
                 nix::sys::mman::madvise(
                     start,
@@ -142,8 +145,10 @@ fn release_relocation_pages() {
             };
             match result {
                 Ok(()) => tracing::debug!(
-                    "Released {} KB of relocation table pages",
-                    pages.len() / 1024
+                    "Released {} KB of relocation table pages at {:#x}-{:#x}",
+                    pages.len() / 1024,
+                    pages.start,
+                    pages.end
                 ),
                 Err(e) => tracing::debug!("Relocation table pages kept: {e}"),
             }

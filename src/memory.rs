@@ -1,14 +1,14 @@
 //! Memory the process can give back once started: the executable's dynamic relocation table
 //! (`.rela.dyn`), which the loader reads once to relocate pointers and nothing reads again.
-//! Finding those pages is done here, in safe code from `/proc/self/exe` and
-//! `/proc/self/maps`; giving them back (`madvise`) is `main.rs`'s, the one place with
-//! `unsafe`.
+//! Finding those pages is done here, in safe code from `/proc/self/exe`, `/proc/self/auxv`
+//! and `/proc/self/maps`; giving them back (`madvise`) is `main.rs`'s, the one place with
+//! `unsafe`. Every step that cannot be sure gives up: the pages then simply stay.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 
-const PAGE_BYTES: u64 = 4096;
 const PT_LOAD: u32 = 1;
+const PT_PHDR: u32 = 6;
 const PT_GNU_RELRO: u32 = 0x6474_e552;
 const PF_W: u32 = 2;
 
@@ -21,6 +21,8 @@ pub struct Segment {
     pub writable: bool,
     /// Virtual addresses covered, relative to the load base.
     pub addresses: Range<u64>,
+    /// Where the segment starts in the file.
+    pub file_offset: u64,
 }
 
 /// Why the relocation table's pages could not be located.
@@ -35,24 +37,42 @@ pub struct Layout {
     pub relocations: Range<u64>,
     /// Every `PT_LOAD` and `PT_GNU_RELRO` segment.
     pub segments: Vec<Segment>,
+    /// The program headers' own address (`PT_PHDR`), relative to the load base.
+    pub program_headers: Option<u64>,
 }
 
-/// The whole pages of `relocations` that lie in one read-only `PT_LOAD` segment and in no
-/// RELRO or writable segment, relative to the load base. Such pages were never written, so
+/// The whole pages (of `page_bytes`) of `relocations` that lie in one read-only `PT_LOAD`
+/// segment and touch no RELRO or writable segment (widened to whole pages), relative to the
+/// load base, with the file offset of their first byte. Such pages were never written, so
 /// dropping them can only make a later read fault them back in from the file.
-pub fn droppable_pages(layout: &Layout) -> Option<Range<u64>> {
-    let start = layout.relocations.start.div_ceil(PAGE_BYTES) * PAGE_BYTES;
-    let end = layout.relocations.end / PAGE_BYTES * PAGE_BYTES;
+pub fn droppable_pages(layout: &Layout, page_bytes: u64) -> Option<(Range<u64>, u64)> {
+    if page_bytes == 0 || !page_bytes.is_power_of_two() {
+        return None;
+    }
+    let start = layout
+        .relocations
+        .start
+        .checked_next_multiple_of(page_bytes)?;
+    let end = layout.relocations.end / page_bytes * page_bytes;
     if start >= end {
         return None;
     }
-    let inside_read_only_load = layout.segments.iter().any(|s| {
-        s.kind == PT_LOAD && !s.writable && s.addresses.start <= start && end <= s.addresses.end
-    });
     let touches_other = layout.segments.iter().any(|s| {
-        (s.kind == PT_GNU_RELRO || s.writable) && s.addresses.start < end && start < s.addresses.end
+        let widened_end = s.addresses.end.checked_next_multiple_of(page_bytes);
+        (s.kind == PT_GNU_RELRO || s.writable)
+            && s.addresses.start / page_bytes * page_bytes < end
+            && widened_end.is_none_or(|widened_end| start < widened_end)
     });
-    (inside_read_only_load && !touches_other).then_some(start..end)
+    if touches_other {
+        return None;
+    }
+    let segment = layout.segments.iter().find(|s| {
+        s.kind == PT_LOAD && !s.writable && s.addresses.start <= start && end <= s.addresses.end
+    })?;
+    let file_offset = segment
+        .file_offset
+        .checked_add(start - segment.addresses.start)?;
+    Some((start..end, file_offset))
 }
 
 impl Layout {
@@ -82,16 +102,24 @@ impl Layout {
         let program_headers = read_table(file, phoff, phentsize, phnum)?;
         let segments = program_headers
             .iter()
-            .filter_map(|ph| {
-                let kind = u32_at(ph, 0);
+            .filter(|ph| matches!(u32_at(ph, 0), PT_LOAD | PT_GNU_RELRO))
+            .map(|ph| {
                 let start = u64_at(ph, 0x10);
-                (kind == PT_LOAD || kind == PT_GNU_RELRO).then(|| Segment {
-                    kind,
+                Ok(Segment {
+                    kind: u32_at(ph, 0),
                     writable: u32_at(ph, 4) & PF_W != 0,
-                    addresses: start..start + u64_at(ph, 0x28),
+                    addresses: start
+                        ..start
+                            .checked_add(u64_at(ph, 0x28))
+                            .ok_or_else(|| fail("segment overflows"))?,
+                    file_offset: u64_at(ph, 0x08),
                 })
             })
-            .collect();
+            .collect::<Result<Vec<_>, NotLocated>>()?;
+        let program_headers_address = program_headers
+            .iter()
+            .find(|ph| u32_at(ph, 0) == PT_PHDR)
+            .map(|ph| u64_at(ph, 0x10));
         let section_headers = read_table(file, shoff, shentsize, shnum)?;
         let names = &section_headers[usize::from(shstrndx)];
         let names = read_at(file, u64_at(names, 0x18), u64_at(names, 0x20))?;
@@ -103,55 +131,100 @@ impl Layout {
                     .get(name..)
                     .is_some_and(|n| n.starts_with(b".rela.dyn\0"))
             })
-            .map(|sh| {
+            .and_then(|sh| {
                 let start = u64_at(sh, 0x10);
-                start..start + u64_at(sh, 0x20)
+                Some(start..start.checked_add(u64_at(sh, 0x20))?)
             })
             .ok_or_else(|| fail("no .rela.dyn section"))?;
         Ok(Layout {
             relocations,
             segments,
+            program_headers: program_headers_address,
         })
     }
 }
 
-/// The address the executable is loaded at: the start of its mapping at file offset 0 in
-/// `/proc/self/maps` text (the first `PT_LOAD` of a position-independent executable starts
-/// at address 0).
-pub fn load_base(maps: &str, executable: &str) -> Option<u64> {
-    maps.lines().find_map(|line| {
+/// `AT_PHDR` (where the kernel mapped the program headers) and `AT_PAGESZ` from
+/// `/proc/self/auxv` (pairs of native-endian 64-bit words).
+pub fn auxv_phdr_and_page_size(auxv: &[u8]) -> Option<(u64, u64)> {
+    const AT_PHDR: u64 = 3;
+    const AT_PAGESZ: u64 = 6;
+    let (mut phdr, mut page) = (None, None);
+    for pair in auxv.chunks_exact(16) {
+        let word = |at: usize| u64::from_ne_bytes(pair[at..at + 8].try_into().unwrap_or_default());
+        match word(0) {
+            AT_PHDR => phdr = Some(word(8)),
+            AT_PAGESZ => page = Some(word(8)),
+            _ => {}
+        }
+    }
+    Some((phdr?, page?))
+}
+
+/// Whether `/proc/self/maps` text maps `pages` (absolute) inside one read-only private
+/// mapping of the file with inode `inode`, at file offset `file_offset`: the last check
+/// that the pages are the executable's, as computed.
+pub fn mapped_as_expected(maps: &str, pages: &Range<u64>, inode: u64, file_offset: u64) -> bool {
+    maps.lines().any(|line| {
         let mut fields = line.split_whitespace();
-        let (range, _perms, offset) = (fields.next()?, fields.next()?, fields.next()?);
-        let path = fields.nth(2)?;
-        (path == executable && u64::from_str_radix(offset, 16).ok()? == 0)
-            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
-            .flatten()
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(ino)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return false;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            return false;
+        };
+        let parse = |hex: &str| u64::from_str_radix(hex, 16).ok();
+        let (Some(start), Some(end), Some(offset)) = (parse(start), parse(end), parse(offset))
+        else {
+            return false;
+        };
+        perms == "r--p"
+            && ino.parse::<u64>().ok() == Some(inode)
+            && start <= pages.start
+            && pages.end <= end
+            && offset.checked_add(pages.start - start) == Some(file_offset)
     })
 }
 
-/// The running executable's droppable relocation pages, as absolute addresses.
+/// The running executable's droppable relocation pages, as absolute addresses, or `None`
+/// when there is nothing to drop or any check fails.
 pub fn droppable_relocation_pages() -> Result<Option<Range<usize>>, NotLocated> {
+    use std::os::unix::fs::MetadataExt;
     let fail = |e: &dyn std::fmt::Display| NotLocated(e.to_string());
-    let executable = std::fs::read_link("/proc/self/exe").map_err(|e| fail(&e))?;
+    // Opening the link gives the mapped file even if the path was replaced since.
     let mut file = std::fs::File::open("/proc/self/exe").map_err(|e| fail(&e))?;
+    let inode = file.metadata().map_err(|e| fail(&e))?.ino();
     let layout = Layout::read(&mut file)?;
-    // A non-PIE executable is mapped at its link addresses: base 0.
-    let pie = layout
-        .segments
-        .iter()
-        .any(|s| s.kind == PT_LOAD && s.addresses.start == 0);
-    let base = if pie {
-        let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| fail(&e))?;
-        load_base(&maps, &executable.to_string_lossy())
-            .ok_or_else(|| fail(&"the executable's mapping is not in /proc/self/maps"))?
-    } else {
-        0
+    let auxv = std::fs::read("/proc/self/auxv").map_err(|e| fail(&e))?;
+    let (phdr, page_bytes) =
+        auxv_phdr_and_page_size(&auxv).ok_or_else(|| fail(&"no AT_PHDR or AT_PAGESZ"))?;
+    let Some(phdr_vaddr) = layout.program_headers else {
+        return Ok(None); // no PT_PHDR: the load base is not known for sure
     };
-    Ok(droppable_pages(&layout).and_then(|pages| {
-        let start = usize::try_from(base + pages.start).ok()?;
-        let end = usize::try_from(base + pages.end).ok()?;
-        Some(start..end)
-    }))
+    let base = phdr
+        .checked_sub(phdr_vaddr)
+        .ok_or_else(|| fail(&"AT_PHDR below PT_PHDR"))?;
+    let Some((pages, file_offset)) = droppable_pages(&layout, page_bytes) else {
+        return Ok(None);
+    };
+    let (Some(start), Some(end)) = (base.checked_add(pages.start), base.checked_add(pages.end))
+    else {
+        return Ok(None);
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| fail(&e))?;
+    if !mapped_as_expected(&maps, &(start..end), inode, file_offset) {
+        return Err(fail(&"the pages are not mapped as computed"));
+    }
+    match (usize::try_from(start), usize::try_from(end)) {
+        (Ok(start), Ok(end)) => Ok(Some(start..end)),
+        _ => Ok(None),
+    }
 }
 
 fn read_table(
@@ -194,11 +267,14 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    const PAGE: u64 = 4096;
+
     fn load(start: u64, end: u64, writable: bool) -> Segment {
         Segment {
             kind: PT_LOAD,
             writable,
             addresses: start..end,
+            file_offset: start,
         }
     }
 
@@ -206,6 +282,7 @@ mod tests {
         Layout {
             relocations,
             segments,
+            program_headers: Some(0x40),
         }
     }
 
@@ -214,20 +291,33 @@ mod tests {
         let read_only = load(0, 0x10_0000, false);
         let data = load(0x20_0000, 0x21_0000, true);
         assert_eq!(
-            droppable_pages(&layout(
-                0x2258..0x8c9f0,
-                vec![read_only.clone(), data.clone()]
-            )),
-            Some(0x3000..0x8c000),
+            droppable_pages(
+                &layout(0x2258..0x8c9f0, vec![read_only.clone(), data.clone()]),
+                PAGE
+            ),
+            Some((0x3000..0x8c000, 0x3000)),
             "rounded inwards to whole pages"
         );
         assert_eq!(
-            droppable_pages(&layout(0x2258..0x2f00, vec![read_only.clone()])),
+            droppable_pages(&layout(0x2258..0x8c9f0, vec![read_only.clone()]), 0x1_0000),
+            Some((0x1_0000..0x8_0000, 0x1_0000)),
+            "64 KB pages"
+        );
+        assert_eq!(
+            droppable_pages(&layout(0x2258..0x8c9f0, vec![read_only.clone()]), 3000),
+            None,
+            "not a page size"
+        );
+        assert_eq!(
+            droppable_pages(&layout(0x2258..0x2f00, vec![read_only.clone()]), PAGE),
             None,
             "no whole page"
         );
         assert_eq!(
-            droppable_pages(&layout(0x20_1000..0x20_8000, vec![read_only.clone(), data])),
+            droppable_pages(
+                &layout(0x20_1000..0x20_8000, vec![read_only.clone(), data]),
+                PAGE
+            ),
             None,
             "in a writable segment"
         );
@@ -235,31 +325,75 @@ mod tests {
             kind: PT_GNU_RELRO,
             writable: false,
             addresses: 0x8_0000..0x9_0000,
+            file_offset: 0x8_0000,
         };
         assert_eq!(
-            droppable_pages(&layout(0x2258..0x8c9f0, vec![read_only, relro])),
+            droppable_pages(
+                &layout(0x2258..0x8c9f0, vec![read_only.clone(), relro]),
+                PAGE
+            ),
             None,
             "overlapping RELRO"
         );
+        let near = Segment {
+            kind: PT_GNU_RELRO,
+            writable: false,
+            addresses: 0x8c100..0x9_0000,
+            file_offset: 0x8c100,
+        };
         assert_eq!(
-            droppable_pages(&layout(
-                0x2258..0x8c9f0,
-                vec![load(0x4000, 0x10_0000, false)]
-            )),
+            droppable_pages(&layout(0x2258..0x8d9f0, vec![read_only, near]), PAGE),
+            None,
+            "RELRO sharing the last page once widened"
+        );
+        assert_eq!(
+            droppable_pages(
+                &layout(0x2258..0x8c9f0, vec![load(0x4000, 0x10_0000, false)]),
+                PAGE
+            ),
             None,
             "not inside one loaded segment"
         );
     }
 
     #[test]
-    fn the_load_base_is_the_executables_mapping_at_offset_zero() {
+    fn the_auxiliary_vector_gives_the_program_headers_and_the_page_size() {
+        let mut auxv = Vec::new();
+        for (key, value) in [(33u64, 7u64), (3, 0x55d0_c0a0_0040), (6, 4096), (0, 0)] {
+            auxv.extend(key.to_ne_bytes());
+            auxv.extend(value.to_ne_bytes());
+        }
+        assert_eq!(
+            auxv_phdr_and_page_size(&auxv),
+            Some((0x55d0_c0a0_0040, 4096))
+        );
+        assert_eq!(auxv_phdr_and_page_size(&auxv[..16]), None);
+    }
+
+    #[test]
+    fn the_pages_must_be_the_executables_at_the_computed_offset() {
         let maps = "\
-55d0c0a00000-55d0c0a8d000 r--p 00000000 08:01 1234 /usr/bin/xray
+55d0c0a00000-55d0c0a8d000 r--p 00000000 08:01 1234 /usr/bin/xray (deleted)
 55d0c0a8d000-55d0c136b000 r-xp 0028c000 08:01 1234 /usr/bin/xray
-7f0000000000-7f0000001000 r--p 00000000 08:01 99 /usr/lib/libc.so.6
+7f0000000000-7f0000100000 r--p 00000000 08:01 99 /usr/lib/my file.so
 ";
-        assert_eq!(load_base(maps, "/usr/bin/xray"), Some(0x55d0_c0a0_0000));
-        assert_eq!(load_base(maps, "/usr/bin/other"), None);
+        let pages = 0x55d0_c0a0_3000..0x55d0_c0a8_c000;
+        assert!(mapped_as_expected(maps, &pages, 1234, 0x3000));
+        assert!(!mapped_as_expected(maps, &pages, 1234, 0x4000), "offset");
+        assert!(
+            !mapped_as_expected(maps, &pages, 99, 0x3000),
+            "another file"
+        );
+        let beyond = 0x55d0_c0a0_3000..0x55d0_c0a9_0000;
+        assert!(
+            !mapped_as_expected(maps, &beyond, 1234, 0x3000),
+            "past the mapping"
+        );
+        let text = 0x55d0_c0a8_d000..0x55d0_c0a8_e000;
+        assert!(
+            !mapped_as_expected(maps, &text, 1234, 0x28c000),
+            "not read-only data"
+        );
     }
 
     #[test]
@@ -267,19 +401,11 @@ mod tests {
         let mut exe = std::fs::File::open("/proc/self/exe").unwrap();
         let layout = Layout::read(&mut exe).unwrap();
         assert!(!layout.relocations.is_empty());
-        let Some(pages) = droppable_relocation_pages().unwrap() else {
-            return; // a table smaller than a page: nothing to give back
-        };
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let mapping = maps.lines().find_map(|line| {
-            let (range, rest) = line.split_once(' ')?;
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (start <= pages.start && pages.end <= end).then(|| rest.to_owned())
-        });
-        let mapping = mapping.expect("the pages are mapped");
-        assert!(mapping.starts_with("r--p"), "{mapping}");
+        assert!(layout.program_headers.is_some(), "a PIE has PT_PHDR");
+        let pages = droppable_relocation_pages()
+            .unwrap()
+            .expect("a test binary has many pages of relocations");
+        assert!(pages.len() >= 4096, "{pages:?}");
     }
 
     #[test]
