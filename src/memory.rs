@@ -278,6 +278,15 @@ mod tests {
         }
     }
 
+    fn relro(start: u64, end: u64) -> Segment {
+        Segment {
+            kind: PT_GNU_RELRO,
+            writable: false,
+            addresses: start..end,
+            file_offset: start,
+        }
+    }
+
     fn layout(relocations: Range<u64>, segments: Vec<Segment>) -> Layout {
         Layout {
             relocations,
@@ -321,28 +330,22 @@ mod tests {
             None,
             "in a writable segment"
         );
-        let relro = Segment {
-            kind: PT_GNU_RELRO,
-            writable: false,
-            addresses: 0x8_0000..0x9_0000,
-            file_offset: 0x8_0000,
-        };
         assert_eq!(
             droppable_pages(
-                &layout(0x2258..0x8c9f0, vec![read_only.clone(), relro]),
+                &layout(
+                    0x2258..0x8c9f0,
+                    vec![read_only.clone(), relro(0x8_0000, 0x9_0000)]
+                ),
                 PAGE
             ),
             None,
             "overlapping RELRO"
         );
-        let near = Segment {
-            kind: PT_GNU_RELRO,
-            writable: false,
-            addresses: 0x8c100..0x9_0000,
-            file_offset: 0x8c100,
-        };
         assert_eq!(
-            droppable_pages(&layout(0x2258..0x8d9f0, vec![read_only, near]), PAGE),
+            droppable_pages(
+                &layout(0x2258..0x8d9f0, vec![read_only, relro(0x8c100, 0x9_0000)]),
+                PAGE
+            ),
             None,
             "RELRO sharing the last page once widened"
         );
