@@ -273,6 +273,9 @@ const SLOT_BYTES: usize = MAX_DATAGRAM_BYTES + 1;
 struct ReceiveBuffers {
     bytes: Vec<u8>,
     lengths: Vec<usize>,
+    /// `recvmmsg`'s message headers, allocated once rather than per call.
+    #[cfg(target_os = "linux")]
+    headers: nix::sys::socket::MultiHeaders<()>,
 }
 
 impl ReceiveBuffers {
@@ -280,6 +283,8 @@ impl ReceiveBuffers {
         ReceiveBuffers {
             bytes: vec![0; RECEIVE_SLOTS * SLOT_BYTES],
             lengths: Vec::with_capacity(RECEIVE_SLOTS),
+            #[cfg(target_os = "linux")]
+            headers: nix::sys::socket::MultiHeaders::preallocate(RECEIVE_SLOTS, None),
         }
     }
 
@@ -294,20 +299,22 @@ impl ReceiveBuffers {
     /// Takes up to [`RECEIVE_SLOTS`] queued datagrams in one `recvmmsg` call, without waiting.
     #[cfg(target_os = "linux")]
     fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders};
+        use nix::sys::socket::{recvmmsg, MsgFlags};
         use std::io::IoSliceMut;
         use std::os::fd::AsRawFd;
 
-        let ReceiveBuffers { bytes, lengths } = self;
+        let ReceiveBuffers {
+            bytes,
+            lengths,
+            headers,
+        } = self;
         lengths.clear();
-        let mut slots: Vec<[IoSliceMut<'_>; 1]> = bytes
-            .chunks_mut(SLOT_BYTES)
-            .map(|slot| [IoSliceMut::new(slot)])
-            .collect();
-        let mut headers = MultiHeaders::<()>::preallocate(RECEIVE_SLOTS, None);
+        let mut chunks = bytes.chunks_mut(SLOT_BYTES);
+        let mut slots: [[IoSliceMut<'_>; 1]; RECEIVE_SLOTS] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
         let results = recvmmsg(
             socket.as_raw_fd(),
-            &mut headers,
+            headers,
             slots.iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
