@@ -35,9 +35,11 @@ impl<T> Batcher<T> {
         }
     }
 
-    /// Adds an item that arrived at `now`; returns a batch if this one filled it.
-    pub fn push(&mut self, item: T, now: Instant) -> Option<Vec<T>> {
-        self.oldest_at.get_or_insert(now);
+    /// Adds an item that arrived at `arrived_at`; returns a batch if this one filled it.
+    /// Items may arrive out of order (a receive thread holds its own for a while): the
+    /// batch's age is that of its oldest item.
+    pub fn push(&mut self, item: T, arrived_at: Instant) -> Option<Vec<T>> {
+        self.oldest_at = Some(self.oldest_at.map_or(arrived_at, |o| o.min(arrived_at)));
         self.pending.push(item);
         (self.pending.len() >= self.max_items).then(|| self.take())
     }
@@ -111,6 +113,18 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3);
         b.push(4, t1);
         assert_eq!(b.deadline(), Some(t1 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_older_item_arriving_later_brings_the_deadline_forward() {
+        let (mut b, t0) = (batcher(), Instant::now());
+        b.push(1, t0 + Duration::from_millis(500));
+        b.push(2, t0);
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
+        let mut b = batcher();
+        b.push(1, t0);
+        b.push(2, t0 + Duration::from_millis(500));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
     }
 
     #[test]

@@ -13,11 +13,31 @@ use crate::metrics::IngestCounters;
 use crate::segment::{self, Rejection};
 use std::sync::Arc;
 
-/// Where admitted segments go: one message per receive round (not per segment), so the
-/// batcher wakes once per round of datagrams.
-pub type SegmentSender = tokio::sync::mpsc::UnboundedSender<Vec<Segment>>;
+/// Where admitted segments go: several per message (whole batches from UDP), so the
+/// batcher wakes once per hand-over, not per segment.
+pub type SegmentSender = tokio::sync::mpsc::UnboundedSender<Arrival>;
 /// The batcher's end of [`SegmentSender`].
-pub type SegmentReceiver = tokio::sync::mpsc::UnboundedReceiver<Vec<Segment>>;
+pub type SegmentReceiver = tokio::sync::mpsc::UnboundedReceiver<Arrival>;
+
+/// Segments handed to the batcher together, and when the first of them was received: a
+/// partial batch's one-second wait counts from there, not from the hand-over.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The segments, in the order received.
+    pub segments: Vec<Segment>,
+    /// When the first of them was received.
+    pub received_at: std::time::Instant,
+}
+
+impl Arrival {
+    /// Segments received just now.
+    pub fn now(segments: Vec<Segment>) -> Self {
+        Arrival {
+            segments,
+            received_at: std::time::Instant::now(),
+        }
+    }
+}
 
 /// An accepted segment document and its share of the memory budget.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, SegmentSender};
+use super::{Admission, Arrival, SegmentSender};
 use crate::segment::{self, Rejection, MAX_DATAGRAM_BYTES};
 
 /// One line of the stream, as far as framing cares.
@@ -135,7 +135,7 @@ pub async fn serve(
                     }
                 };
                 if let Some(segment) = admitted {
-                    if segments.send(vec![segment]).is_err() {
+                    if segments.send(Arrival::now(vec![segment])).is_err() {
                         break;
                     }
                 }

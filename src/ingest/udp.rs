@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, Segment, SegmentSender};
-use crate::batch::MAX_BATCH_SEGMENTS;
+use super::{Admission, Arrival, Segment, SegmentSender};
+use crate::batch::{MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT};
 use crate::net::{self, BindError, Network};
 use crate::segment::MAX_DATAGRAM_BYTES;
 
@@ -17,18 +17,17 @@ use crate::segment::MAX_DATAGRAM_BYTES;
 /// batcher in steady portions and a stop is noticed.
 const DATAGRAMS_PER_ROUND: usize = 256;
 
-/// After a round that emptied the socket, the pause before looking again. Without it, at
-/// 20,000 datagrams/s the loop would wake for nearly every datagram, which cost more CPU than
-/// everything else per segment together; with it each round takes what arrived meanwhile
-/// (about 20 datagrams at that rate): at most a thousand rounds a second, and at most 1 ms
-/// more latency. The kernel buffer holds thousands of datagrams.
-const COALESCE_PAUSE: Duration = Duration::from_millis(1);
+/// The shortest pause after a round that emptied the socket. Without pauses, at 20,000
+/// datagrams/s the loop would wake for nearly every datagram, which cost more CPU than
+/// everything else per segment together; at high rates each round takes what arrived
+/// meanwhile (a hundred datagrams at 100,000/s): at most a thousand rounds a second.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
 
-/// The longest a received segment waits in this thread for more to go with it. Hand-overs
-/// wake an upload thread, which costs more than the rest of the round in a VM; handing over
-/// whole batches (or what is held after this long) makes them a few hundred a second instead
-/// of one per round, and the batcher can send each at once.
-const HOLD_LIMIT: Duration = Duration::from_millis(5);
+/// The longest pause. Pauses are sized to let a whole batch gather (2.5 ms at 20,000/s,
+/// 10 ms at 5,000/s), so that a round usually completes one: each hand-over wakes an upload
+/// thread, which costs more than the rest of a round in a VM. Bounded so that a sudden flood
+/// fills under a third of what the default 4 MB buffer holds at 100,000/s (about 35 ms).
+const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long the idle loop waits for a datagram before it looks whether it should stop.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -89,8 +88,7 @@ impl UdpListener {
         segments: &SegmentSender,
         stop: CancellationToken,
     ) -> io::Result<Self> {
-        socket.set_nonblocking(false)?;
-        socket.set_read_timeout(Some(STOP_CHECK_INTERVAL))?;
+        socket.set_nonblocking(true)?;
         let control = socket.try_clone()?;
         let (stopped_tx, stopped) = oneshot::channel();
         let (admission, segments, cancel) = (admission.clone(), segments.clone(), stop.clone());
@@ -148,22 +146,9 @@ fn receive(
     let mut buffers = ReceiveBuffers::new();
     let mut held: Vec<Segment> = Vec::new();
     let mut held_since = Instant::now();
+    let mut last_round = Instant::now();
     loop {
         let stopping = cancel.is_cancelled();
-        // Waiting in the kernel only with nothing held: held segments must leave in time.
-        if !stopping && held.is_empty() {
-            match wait_readable(socket) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    // Keep listening: giving up would leave a daemon that reports ready and
-                    // receives nothing.
-                    tracing::error!("daemon: socket: err: {e}");
-                    std::thread::sleep(STOP_CHECK_INTERVAL);
-                    continue;
-                }
-            }
-        }
         // When stopping, drain everything the kernel already holds: those datagrams were
         // accepted by the OS on our behalf.
         let limit = if stopping {
@@ -179,7 +164,11 @@ fn receive(
         let count = hand_over_count(held.len(), held_since.elapsed(), stopping);
         if count > 0 {
             let rest = held.split_off(count);
-            if segments.send(std::mem::replace(&mut held, rest)).is_err() {
+            let arrival = Arrival {
+                segments: std::mem::replace(&mut held, rest),
+                received_at: held_since,
+            };
+            if segments.send(arrival).is_err() {
                 return; // The pipeline is gone.
             }
             held_since = round_started;
@@ -187,37 +176,108 @@ fn receive(
         if stopping {
             return;
         }
-        if received < limit {
-            std::thread::sleep(COALESCE_PAUSE);
+        let round = Round {
+            received,
+            limit,
+            since_last_round: round_started - last_round,
+            held: held.len(),
+            held_for: held_since.elapsed(),
+        };
+        last_round = round_started;
+        match round.pause() {
+            Pause::None => {}
+            Pause::Sleep(pause) => std::thread::sleep(pause),
+            Pause::UntilReadable(timeout) => {
+                if let Err(e) = wait_readable(socket, timeout) {
+                    // Keep listening: giving up would leave a daemon that reports ready and
+                    // receives nothing.
+                    tracing::error!("daemon: socket: err: {e}");
+                    std::thread::sleep(STOP_CHECK_INTERVAL);
+                }
+            }
         }
     }
 }
 
 /// How many of the `held` segments (the oldest received `held_for` ago) go to the batcher
-/// now: whole batches as soon as there are any, so that it can send each at once instead of
-/// keeping a remainder until the next hand-over; everything after [`HOLD_LIMIT`] or to stop.
+/// now: whole batches as soon as there are any, so that it can send each at once; all of
+/// them once the oldest has waited [`MAX_BATCH_WAIT`] (the batcher's wait counts from
+/// reception, so it sends them at once), or to stop.
 fn hand_over_count(held: usize, held_for: Duration, stopping: bool) -> usize {
-    if stopping || held_for >= HOLD_LIMIT {
+    if stopping || held_for >= MAX_BATCH_WAIT {
         held
     } else {
         held / MAX_BATCH_SEGMENTS * MAX_BATCH_SEGMENTS
     }
 }
 
-/// Blocks until a datagram is queued (true) or [`STOP_CHECK_INTERVAL`] passed (false).
-fn wait_readable(socket: &UdpSocket) -> io::Result<bool> {
-    match socket.peek(&mut []) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(false)
+/// What the receive loop does between two rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The socket may hold more: receive again at once.
+    None,
+    /// Let datagrams gather in the kernel's buffer.
+    Sleep(Duration),
+    /// Wait until a datagram is queued, at most this long.
+    UntilReadable(Duration),
+}
+
+/// A finished round of the receive loop, as the pause after it sees it.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Datagrams taken from the socket.
+    received: usize,
+    /// The most the round could take.
+    limit: usize,
+    /// From the previous round's start to this one's: with `received`, the arrival rate.
+    since_last_round: Duration,
+    /// Segments still held after the hand-over.
+    held: usize,
+    /// How long ago the oldest held segment was received.
+    held_for: Duration,
+}
+
+impl Round {
+    /// Sleeps about as long as the rest of the batch takes to arrive at the last round's
+    /// rate, within [`MIN_PAUSE`] and [`MAX_PAUSE`]; below one datagram per [`MAX_PAUSE`],
+    /// waits for the next datagram instead. Never past the held segments' due time, nor
+    /// longer than [`STOP_CHECK_INTERVAL`] without looking whether to stop.
+    fn pause(&self) -> Pause {
+        if self.received >= self.limit {
+            return Pause::None;
         }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(e) => Err(e),
+        let due_in = if self.held == 0 {
+            STOP_CHECK_INTERVAL
+        } else {
+            MAX_BATCH_WAIT
+                .saturating_sub(self.held_for)
+                .min(STOP_CHECK_INTERVAL)
+        };
+        let received = u32::try_from(self.received).unwrap_or(u32::MAX);
+        if received == 0 || self.since_last_round > MAX_PAUSE.saturating_mul(received) {
+            return Pause::UntilReadable(due_in);
+        }
+        let needed = MAX_BATCH_SEGMENTS - self.held % MAX_BATCH_SEGMENTS;
+        // A tenth to spare, so that one round usually completes the batch: falling short by
+        // a datagram or two costs another wake-up.
+        let fill = self
+            .since_last_round
+            .mul_f64(needed as f64 * 1.1 / f64::from(received));
+        Pause::Sleep(fill.clamp(MIN_PAUSE, MAX_PAUSE).min(due_in))
+    }
+}
+
+/// Blocks until a datagram is queued or `timeout` passed (rounded up to a millisecond).
+fn wait_readable(socket: &UdpSocket, timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+
+    let millis = timeout.as_micros().div_ceil(1000);
+    let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -375,11 +435,7 @@ mod tests {
         let mut received = Vec::new();
         let mut calls = 0;
         while received.len() < sent.len() {
-            assert!(
-                wait_readable(&socket).unwrap(),
-                "{} received",
-                received.len()
-            );
+            wait_readable(&socket, Duration::from_secs(2)).unwrap();
             let count = buffers.receive(&socket).unwrap();
             assert!((1..=RECEIVE_SLOTS).contains(&count));
             received.extend(buffers.datagrams().map(<[u8]>::to_vec));
@@ -414,27 +470,77 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_handed_over_in_whole_batches_or_after_the_hold_limit() {
-        let short = HOLD_LIMIT / 2;
+    fn segments_are_handed_over_in_whole_batches_or_when_due() {
+        let young = MAX_BATCH_WAIT / 2;
         assert_eq!(
-            hand_over_count(0, HOLD_LIMIT, true),
+            hand_over_count(0, MAX_BATCH_WAIT, true),
             0,
             "nothing to hand over"
         );
-        assert_eq!(hand_over_count(MAX_BATCH_SEGMENTS - 1, short, false), 0);
+        assert_eq!(hand_over_count(MAX_BATCH_SEGMENTS - 1, young, false), 0);
         assert_eq!(
             hand_over_count(MAX_BATCH_SEGMENTS, Duration::ZERO, false),
             50
         );
         assert_eq!(
-            hand_over_count(2 * MAX_BATCH_SEGMENTS + 7, short, false),
+            hand_over_count(2 * MAX_BATCH_SEGMENTS + 7, young, false),
             100
         );
-        assert_eq!(hand_over_count(7, HOLD_LIMIT, false), 7);
+        assert_eq!(hand_over_count(7, MAX_BATCH_WAIT, false), 7);
         assert_eq!(
             hand_over_count(57, Duration::ZERO, true),
             57,
             "stopping: all"
+        );
+    }
+
+    fn round(received: usize, since_last_round_ms: u64, held: usize, held_for_ms: u64) -> Round {
+        Round {
+            received,
+            limit: DATAGRAMS_PER_ROUND,
+            since_last_round: Duration::from_millis(since_last_round_ms),
+            held,
+            held_for: Duration::from_millis(held_for_ms),
+        }
+    }
+
+    #[test]
+    fn pauses_last_about_as_long_as_the_rest_of_the_batch_takes_to_arrive() {
+        let sleep_ms = |r: Round| match r.pause() {
+            Pause::Sleep(pause) => pause.as_secs_f64() * 1e3,
+            other => panic!("{other:?}"),
+        };
+        // 20,000/s (20 a millisecond): 30 more take 1.5 ms, with a tenth to spare.
+        let ms = sleep_ms(round(20, 1, 20, 1));
+        assert!((1.6..1.7).contains(&ms), "{ms}");
+        // 5,000/s with nothing held: a whole batch, 10 ms, is also the longest pause.
+        assert_eq!(sleep_ms(round(10, 2, 0, 0)), 10.0);
+        // 100,000/s: at least a millisecond, whatever is missing.
+        assert_eq!(sleep_ms(round(100, 1, 49, 1)), 1.0);
+        // 1,000/s: 50 take 50 ms, so the longest pause.
+        assert_eq!(sleep_ms(round(1, 1, 0, 0)), 10.0);
+        // Never past the held segments' due time.
+        let ms = sleep_ms(round(20, 1, 20, 999));
+        assert!((1.0..1.01).contains(&ms), "{ms}");
+    }
+
+    #[test]
+    fn a_full_round_goes_on_and_a_trickle_waits_for_the_next_datagram() {
+        assert_eq!(round(DATAGRAMS_PER_ROUND, 1, 6, 1).pause(), Pause::None);
+        assert_eq!(
+            round(0, 200, 0, 0).pause(),
+            Pause::UntilReadable(STOP_CHECK_INTERVAL),
+            "idle"
+        );
+        // Under one datagram per longest pause: sleeping would not gather a batch sooner.
+        assert_eq!(
+            round(1, 50, 1, 0).pause(),
+            Pause::UntilReadable(STOP_CHECK_INTERVAL)
+        );
+        assert_eq!(
+            round(1, 50, 3, 900).pause(),
+            Pause::UntilReadable(Duration::from_millis(100)),
+            "due in 100 ms"
         );
     }
 
@@ -456,14 +562,22 @@ mod tests {
         // limit and a batch), handed over before returning.
         receive(&socket, &admission, &segments, &stopped);
         let mut count = 0;
-        while let Ok(batch) = receiver.try_recv() {
-            count += batch.len();
+        while let Ok(arrival) = receiver.try_recv() {
+            count += arrival.segments.len();
         }
         assert_eq!(count, 500);
     }
 
+    async fn next(receiver: &mut super::super::SegmentReceiver) -> Arrival {
+        tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+            .await
+            .expect("a hand-over within 5 s")
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn the_listener_hands_over_datagrams_in_order_and_loses_none_across_a_stop() {
+    async fn the_listener_holds_a_lone_segment_until_due_sends_whole_batches_and_loses_none_at_a_stop(
+    ) {
         let (admission, _metrics) = super::super::tests::admission(1 << 20);
         let (segments, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -473,28 +587,38 @@ mod tests {
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let datagram =
             |i: usize| format!("{{\"format\":\"json\",\"version\":1}}\n{{\"id\":\"{i}\"}}");
+        let document = |s: &Segment| String::from_utf8(s.document().to_vec()).unwrap();
+
+        // A lone segment is held for a batch until it is due, and says when it came.
+        let sent_at = std::time::Instant::now();
         sender.send_to(datagram(0).as_bytes(), target).unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), receiver.recv())
-            .await
-            .expect("the first datagram within 5 s")
-            .unwrap();
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].document(), b"{\"id\":\"0\"}");
+        let first = next(&mut receiver).await;
+        assert!(first.received_at.elapsed() >= MAX_BATCH_WAIT);
+        assert!(first.received_at < sent_at + MAX_BATCH_WAIT / 2);
+        let ids: Vec<String> = first.segments.iter().map(document).collect();
+        assert_eq!(ids, ["{\"id\":\"0\"}"]);
+
+        // Whole batches leave without waiting for the rest.
+        for i in 1..=120 {
+            sender.send_to(datagram(i).as_bytes(), target).unwrap();
+        }
+        let batch = next(&mut receiver).await;
+        assert!(
+            batch.segments.len() % MAX_BATCH_SEGMENTS == 0,
+            "{}",
+            batch.segments.len()
+        );
+        let mut ids: Vec<String> = batch.segments.iter().map(document).collect();
 
         // Queued just before the stop: the final drain takes all of them.
-        for i in 1..=500 {
+        for i in 121..=500 {
             sender.send_to(datagram(i).as_bytes(), target).unwrap();
         }
         let started = std::time::Instant::now();
         listener.stop().await;
         assert!(started.elapsed() < STOP_CHECK_INTERVAL + Duration::from_secs(1));
-        let mut ids = Vec::new();
-        while let Ok(batch) = receiver.try_recv() {
-            ids.extend(
-                batch
-                    .iter()
-                    .map(|s| String::from_utf8(s.document().to_vec()).unwrap()),
-            );
+        while let Ok(arrival) = receiver.try_recv() {
+            ids.extend(arrival.segments.iter().map(document));
         }
         let expected: Vec<String> = (1..=500).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
         assert_eq!(ids, expected);

@@ -169,10 +169,12 @@ impl Uploader {
                     if count == 0 {
                         break;
                     }
-                    let now = Instant::now();
-                    for segment in received.drain(..).flatten() {
-                        if let Some(batch) = batcher.push(segment, now) {
-                            self.dispatch(batch, &uploads).await;
+                    for arrival in received.drain(..) {
+                        let received_at = Instant::from_std(arrival.received_at);
+                        for segment in arrival.segments {
+                            if let Some(batch) = batcher.push(segment, received_at) {
+                                self.dispatch(batch, &uploads).await;
+                            }
                         }
                     }
                 }
@@ -182,8 +184,8 @@ impl Uploader {
                 () = self.abort.cancelled() => {
                     segments.close();
                     let mut left = batcher.flush().map_or(0, |batch| batch.len());
-                    while let Ok(segments) = segments.try_recv() {
-                        left += segments.len();
+                    while let Ok(arrival) = segments.try_recv() {
+                        left += arrival.segments.len();
                     }
                     self.drop_at_shutdown(left);
                     break;
