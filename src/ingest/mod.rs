@@ -13,8 +13,8 @@ use crate::metrics::IngestCounters;
 use crate::segment::{self, Rejection};
 use std::sync::Arc;
 
-/// Where admitted segments go: several per message (whole batches from UDP), so the
-/// batcher wakes once per hand-over, not per segment.
+/// Where admitted segments go: UDP sends whole batches (a partial one when it is due or at
+/// a stop), so the batcher wakes once per batch, not per segment; TCP sends each segment.
 pub type SegmentSender = tokio::sync::mpsc::UnboundedSender<Arrival>;
 /// The batcher's end of [`SegmentSender`].
 pub type SegmentReceiver = tokio::sync::mpsc::UnboundedReceiver<Arrival>;
@@ -25,7 +25,8 @@ pub type SegmentReceiver = tokio::sync::mpsc::UnboundedReceiver<Arrival>;
 pub struct Arrival {
     /// The segments, in the order received.
     pub segments: Vec<Segment>,
-    /// When the first of them was received.
+    /// When the first of them was received (UDP: when the receive round that read it began;
+    /// it may have waited in the kernel for up to a pause before).
     pub received_at: std::time::Instant,
 }
 

@@ -17,14 +17,14 @@ use crate::segment::MAX_DATAGRAM_BYTES;
 /// batcher in steady portions and a stop is noticed.
 const DATAGRAMS_PER_ROUND: usize = 256;
 
-/// The shortest pause after a round that emptied the socket. Without pauses, at 20,000
-/// datagrams/s the loop would wake for nearly every datagram, which cost more CPU than
+/// The shortest pause after a round that emptied the socket (or failed). Without pauses, at
+/// 20,000 datagrams/s the loop would wake for nearly every datagram, which cost more CPU than
 /// everything else per segment together; at high rates each round takes what arrived
-/// meanwhile (a hundred datagrams at 100,000/s): at most a thousand rounds a second.
+/// meanwhile (a hundred datagrams at 100,000/s): at most a thousand such rounds a second.
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 
-/// The longest pause. Pauses are sized to let a whole batch gather (2.5 ms at 20,000/s,
-/// 10 ms at 5,000/s), so that a round usually completes one: each hand-over wakes an upload
+/// The longest pause. Pauses are sized to let a whole batch gather (2.75 ms at 20,000/s, a
+/// tenth more than it takes; 10 ms at 5,000/s), so that a round usually completes one: each hand-over wakes an upload
 /// thread, which costs more than the rest of a round in a VM. Bounded so that a sudden flood
 /// fills under a third of what the default 4 MB buffer holds at 100,000/s (about 35 ms).
 const MAX_PAUSE: Duration = Duration::from_millis(10);
@@ -88,7 +88,6 @@ impl UdpListener {
         segments: &SegmentSender,
         stop: CancellationToken,
     ) -> io::Result<Self> {
-        socket.set_nonblocking(true)?;
         let control = socket.try_clone()?;
         let (stopped_tx, stopped) = oneshot::channel();
         let (admission, segments, cancel) = (admission.clone(), segments.clone(), stop.clone());
@@ -160,7 +159,7 @@ fn receive(
         if held.is_empty() {
             held_since = round_started;
         }
-        let received = drain(socket, &mut buffers, admission, &mut held, limit);
+        let (received, receive_failed) = drain(socket, &mut buffers, admission, &mut held, limit);
         let count = hand_over_count(held.len(), held_since.elapsed(), stopping);
         if count > 0 {
             let rest = held.split_off(count);
@@ -168,8 +167,12 @@ fn receive(
                 segments: std::mem::replace(&mut held, rest),
                 received_at: held_since,
             };
-            if segments.send(arrival).is_err() {
-                return; // The pipeline is gone.
+            if let Err(unsent) = segments.send(arrival) {
+                // The batcher is gone (only after a failure elsewhere): count what is lost.
+                for segment in unsent.0.segments.iter().chain(&held) {
+                    admission.dropped_at_shutdown(segment.document().len());
+                }
+                return;
             }
             held_since = round_started;
         }
@@ -178,6 +181,7 @@ fn receive(
         }
         let round = Round {
             received,
+            receive_failed,
             limit,
             since_last_round: round_started - last_round,
             held: held.len(),
@@ -190,9 +194,9 @@ fn receive(
             Pause::UntilReadable(timeout) => {
                 if let Err(e) = wait_readable(socket, timeout) {
                     // Keep listening: giving up would leave a daemon that reports ready and
-                    // receives nothing.
+                    // receives nothing. The next round reads without waiting for readiness.
                     tracing::error!("daemon: socket: err: {e}");
-                    std::thread::sleep(STOP_CHECK_INTERVAL);
+                    std::thread::sleep(MIN_PAUSE);
                 }
             }
         }
@@ -227,6 +231,8 @@ enum Pause {
 struct Round {
     /// Datagrams taken from the socket.
     received: usize,
+    /// Whether receiving failed (other than finding the socket empty).
+    receive_failed: bool,
     /// The most the round could take.
     limit: usize,
     /// From the previous round's start to this one's: with `received`, the arrival rate.
@@ -245,6 +251,10 @@ impl Round {
     fn pause(&self) -> Pause {
         if self.received >= self.limit {
             return Pause::None;
+        }
+        if self.receive_failed {
+            // Readiness would not wait while the failing datagrams are queued.
+            return Pause::Sleep(MIN_PAUSE);
         }
         let due_in = if self.held == 0 {
             STOP_CHECK_INTERVAL
@@ -267,30 +277,34 @@ impl Round {
     }
 }
 
-/// Blocks until a datagram is queued or `timeout` passed (rounded up to a millisecond).
-fn wait_readable(socket: &UdpSocket, timeout: Duration) -> io::Result<()> {
+/// Blocks until a datagram is queued (true) or `timeout` passed (false; rounded up to a
+/// millisecond).
+fn wait_readable(socket: &UdpSocket, timeout: Duration) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
 
-    let millis = timeout.as_micros().div_ceil(1000);
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
     let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
     let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, timeout) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Ok(ready) => Ok(ready > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Receives up to `limit` queued datagrams into `admitted` and returns how many it took.
+/// Receives up to `limit` queued datagrams into `admitted`; returns how many it took and
+/// whether receiving failed.
 fn drain(
     socket: &UdpSocket,
     buffers: &mut ReceiveBuffers,
     admission: &Admission,
     admitted: &mut Vec<Segment>,
     limit: usize,
-) -> usize {
+) -> (usize, bool) {
     let mut received = 0;
     let mut received_any = false;
+    let mut failed = false;
     while received < limit {
         match buffers.receive(socket) {
             Ok(count) => {
@@ -312,6 +326,7 @@ fn drain(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
                 tracing::error!("daemon: socket: err: {e}");
+                failed = true;
                 break;
             }
         }
@@ -319,7 +334,7 @@ fn drain(
     if received_any {
         admission.note_activity();
     }
-    received
+    (received, failed)
 }
 
 /// Datagrams taken from the kernel per system call.
@@ -435,7 +450,11 @@ mod tests {
         let mut received = Vec::new();
         let mut calls = 0;
         while received.len() < sent.len() {
-            wait_readable(&socket, Duration::from_secs(2)).unwrap();
+            assert!(
+                wait_readable(&socket, Duration::from_secs(2)).unwrap(),
+                "{} received",
+                received.len()
+            );
             let count = buffers.receive(&socket).unwrap();
             assert!((1..=RECEIVE_SLOTS).contains(&count));
             received.extend(buffers.datagrams().map(<[u8]>::to_vec));
@@ -497,6 +516,7 @@ mod tests {
     fn round(received: usize, since_last_round_ms: u64, held: usize, held_for_ms: u64) -> Round {
         Round {
             received,
+            receive_failed: false,
             limit: DATAGRAMS_PER_ROUND,
             since_last_round: Duration::from_millis(since_last_round_ms),
             held,
@@ -527,6 +547,11 @@ mod tests {
     #[test]
     fn a_full_round_goes_on_and_a_trickle_waits_for_the_next_datagram() {
         assert_eq!(round(DATAGRAMS_PER_ROUND, 1, 6, 1).pause(), Pause::None);
+        let failed = Round {
+            receive_failed: true,
+            ..round(0, 200, 0, 0)
+        };
+        assert_eq!(failed.pause(), Pause::Sleep(MIN_PAUSE), "no busy loop");
         assert_eq!(
             round(0, 200, 0, 0).pause(),
             Pause::UntilReadable(STOP_CHECK_INTERVAL),
@@ -594,6 +619,7 @@ mod tests {
         sender.send_to(datagram(0).as_bytes(), target).unwrap();
         let first = next(&mut receiver).await;
         assert!(first.received_at.elapsed() >= MAX_BATCH_WAIT);
+        assert!(sent_at.elapsed() < MAX_BATCH_WAIT + Duration::from_millis(1500));
         assert!(first.received_at < sent_at + MAX_BATCH_WAIT / 2);
         let ids: Vec<String> = first.segments.iter().map(document).collect();
         assert_eq!(ids, ["{\"id\":\"0\"}"]);
