@@ -24,9 +24,10 @@ const DATAGRAMS_PER_ROUND: usize = 256;
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 
 /// The longest pause. Pauses are sized to let a whole batch gather (2.75 ms at 20,000/s, a
-/// tenth more than it takes; 10 ms at 5,000/s), so that a round usually completes one: each hand-over wakes an upload
-/// thread, which costs more than the rest of a round in a VM. Bounded so that a sudden flood
-/// fills under a third of what the default 4 MB buffer holds at 100,000/s (about 35 ms).
+/// tenth more than it takes; 10 ms at 5,000/s), so that a round usually completes one: each
+/// hand-over wakes an upload thread, which costs more than the rest of a round in a VM.
+/// Bounded so that a sudden flood fills under a third of what the default 4 MB buffer holds
+/// at 100,000/s (about 35 ms).
 const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long the idle loop waits for a datagram before it looks whether it should stop.
@@ -601,8 +602,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_listener_holds_a_lone_segment_until_due_sends_whole_batches_and_loses_none_at_a_stop(
-    ) {
+    async fn the_listener_holds_partial_batches_until_due_and_loses_none_at_a_stop() {
         let (admission, _metrics) = super::super::tests::admission(1 << 20);
         let (segments, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
