@@ -147,6 +147,7 @@ fn receive(
     let mut held: Vec<Segment> = Vec::new();
     let mut held_since = Instant::now();
     let mut last_round = Instant::now();
+    let mut rate = ArrivalRate::default();
     loop {
         let stopping = cancel.is_cancelled();
         // When stopping, drain everything the kernel already holds: those datagrams were
@@ -180,15 +181,16 @@ fn receive(
         if stopping {
             return;
         }
+        rate.observe(received, round_started - last_round);
+        last_round = round_started;
         let round = Round {
             received,
             receive_failed,
             limit,
-            since_last_round: round_started - last_round,
+            rate,
             held: held.len(),
             held_for: held_since.elapsed(),
         };
-        last_round = round_started;
         match round.pause() {
             Pause::None => {}
             Pause::Sleep(pause) => std::thread::sleep(pause),
@@ -236,8 +238,8 @@ struct Round {
     receive_failed: bool,
     /// The most the round could take.
     limit: usize,
-    /// From the previous round's start to this one's: with `received`, the arrival rate.
-    since_last_round: Duration,
+    /// The arrival rate, this round included.
+    rate: ArrivalRate,
     /// Segments still held after the hand-over.
     held: usize,
     /// How long ago the oldest held segment was received.
@@ -264,17 +266,42 @@ impl Round {
                 .saturating_sub(self.held_for)
                 .min(STOP_CHECK_INTERVAL)
         };
-        let received = u32::try_from(self.received).unwrap_or(u32::MAX);
-        if received == 0 || self.since_last_round > MAX_PAUSE.saturating_mul(received) {
+        let per_sec = self.rate.per_sec();
+        if self.received == 0 || per_sec * MAX_PAUSE.as_secs_f64() < 1.0 {
             return Pause::UntilReadable(due_in);
         }
         let needed = MAX_BATCH_SEGMENTS - self.held % MAX_BATCH_SEGMENTS;
         // A tenth to spare, so that one round usually completes the batch: falling short by
         // a datagram or two costs another wake-up.
-        let fill = self
-            .since_last_round
-            .mul_f64(needed as f64 * 1.1 / f64::from(received));
-        Pause::Sleep(fill.clamp(MIN_PAUSE, MAX_PAUSE).min(due_in))
+        let fill_secs = needed as f64 * 1.1 / per_sec;
+        let pause = Duration::from_secs_f64(fill_secs.min(MAX_PAUSE.as_secs_f64()));
+        Pause::Sleep(pause.max(MIN_PAUSE).min(due_in))
+    }
+}
+
+/// Datagrams per second over the last few rounds, the latest weighing most: a round that
+/// caught a sender's lull must not stretch the next pause to the longest (and the latency
+/// of everything arriving meanwhile with it).
+#[derive(Debug, Default, Clone, Copy)]
+struct ArrivalRate {
+    datagrams: f64,
+    secs: f64,
+}
+
+impl ArrivalRate {
+    /// Adds a round that received `received` datagrams `interval` after the one before;
+    /// each earlier round counts half as much as the one after it.
+    fn observe(&mut self, received: usize, interval: Duration) {
+        self.datagrams = self.datagrams / 2.0 + received as f64;
+        self.secs = self.secs / 2.0 + interval.as_secs_f64();
+    }
+
+    fn per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.datagrams / self.secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -514,12 +541,17 @@ mod tests {
         );
     }
 
-    fn round(received: usize, since_last_round_ms: u64, held: usize, held_for_ms: u64) -> Round {
+    /// A round after a long steady spell of `received` datagrams every `interval_ms`.
+    fn round(received: usize, interval_ms: u64, held: usize, held_for_ms: u64) -> Round {
+        let mut rate = ArrivalRate::default();
+        for _ in 0..64 {
+            rate.observe(received, Duration::from_millis(interval_ms));
+        }
         Round {
             received,
             receive_failed: false,
             limit: DATAGRAMS_PER_ROUND,
-            since_last_round: Duration::from_millis(since_last_round_ms),
+            rate,
             held,
             held_for: Duration::from_millis(held_for_ms),
         }
@@ -543,6 +575,24 @@ mod tests {
         // Never past the held segments' due time.
         let ms = sleep_ms(round(20, 1, 20, 999));
         assert!((1.0..1.01).contains(&ms), "{ms}");
+    }
+
+    #[test]
+    fn one_round_in_a_senders_lull_does_not_stretch_the_pause() {
+        // Steady at 20,000/s (55 every 2.75 ms), then a round that found only 5 in 1 ms:
+        // alone, that round would say 5,000/s and a 10 ms pause.
+        let mut lull = round(55, 3, 5, 1);
+        lull.received = 5;
+        lull.rate.observe(5, Duration::from_millis(1));
+        match lull.pause() {
+            Pause::Sleep(pause) => assert!(pause < Duration::from_millis(4), "{pause:?}"),
+            other => panic!("{other:?}"),
+        }
+        // A rate that really fell is followed within a few rounds.
+        for _ in 0..8 {
+            lull.rate.observe(1, Duration::from_millis(10));
+        }
+        assert_eq!(lull.pause(), Pause::Sleep(MAX_PAUSE));
     }
 
     #[test]
