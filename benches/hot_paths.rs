@@ -70,14 +70,14 @@ fn body_building(c: &mut Criterion) {
 fn signing(c: &mut Criterion) {
     let docs: Vec<Vec<u8>> = (0..50).map(|i| document(1000, i)).collect();
     let body = put_trace_segments_body(docs.iter().map(Vec::as_slice));
-    let identity = Credentials::new(
+    let credentials = Credentials::new(
         "AKIDEXAMPLE",
         "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         None,
         None,
         "bench",
-    )
-    .into();
+    );
+    let identity = credentials.clone().into();
     let length = body.len().to_string();
     let headers = [
         ("host", "xray.us-east-1.amazonaws.com"),
@@ -108,6 +108,27 @@ fn signing(c: &mut Criterion) {
     group.bench_function("sign_headers_only_unsigned_payload", |b| {
         b.iter(|| sign_with(SignableBody::UnsignedPayload))
     });
+    // What the daemon does: the same request signed with the key kept between calls.
+    let signer = xray_daemon::aws::sign::Signer::default();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri("https://xray.us-east-1.amazonaws.com/TraceSegments");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(bytes::Bytes::from(body.clone())).unwrap();
+    group.bench_function(
+        format!("sign_put_trace_segments_{}B_kept_key", body.len()),
+        |b| {
+            b.iter(|| {
+                let mut request = request.clone();
+                signer
+                    .sign(&mut request, &credentials, "us-east-1", SystemTime::now())
+                    .unwrap();
+                request
+            })
+        },
+    );
     group.finish();
 }
 

@@ -14,10 +14,11 @@
 //! Subjects ("scenarios"): `daemon` is the real `xray` binary; `forwarder` is a minimal
 //! forwarder (this binary re-executed with `--forwarder`: recvmmsg, batches of 50, one
 //! keep-alive HTTP/1.1 connection, no signing), the floor measured in the same invocation;
-//! `forwarder+sigv4` is that forwarder signing each request with SigV4's least work, the
-//! floor for any daemon that must sign its uploads. Runs of the subjects are interleaved so
-//! background load hits them alike. Medians are printed
-//! in a final markdown table, with the issue's targets checked where the rates allow.
+//! `forwarder+sigv4` is that forwarder signing each request with the daemon's signer (SigV4's
+//! least work: the key kept for the day; the body's SHA-256, the canonical request's and one
+//! HMAC), the floor for any daemon that must sign its uploads. Runs of the subjects are
+//! interleaved so background load hits them alike. Medians are printed in a final markdown
+//! table, with the issue's targets checked where the rates allow.
 //!
 //! Everything is bounded: a watchdog ends the whole benchmark after `--timeout` seconds, and
 //! every child dies with this process (PR_SET_PDEATHSIG) or is killed when its run ends.
@@ -154,8 +155,8 @@ USAGE: xray_bench [OPTIONS]        (scripts/bench.sh builds and runs it)
   --runs N             runs per rate and scenario; medians are reported (default 3)
   --budget MB          the daemon's -m memory budget (default 16)
   --scenarios LIST     daemon,forwarder,forwarder+sigv4 (default all; runs are interleaved);
-                       forwarder+sigv4 adds SigV4's least work to the forwarder (the body's
-                       SHA-256, the canonical request's and one HMAC; the key kept for the day)
+                       forwarder+sigv4 is the forwarder signing with the daemon's signer (the
+                       body's SHA-256, the canonical request's and one HMAC; the key kept)
   --daemon PATH        the xray binary (default <crate>/target/release/xray)
   --daemon-arg ARG     extra argument for the daemon (repeatable)
   --daemon-prefix CMD  run the daemon under CMD, e.g. 'valgrind --tool=callgrind
@@ -1496,10 +1497,10 @@ mod forwarder {
     }
 
     fn run(args: &[String]) -> io::Result<()> {
-        let (listen, endpoint, rcvbuf, signer) = match args {
+        let (listen, endpoint, rcvbuf, signing) = match args {
             [listen, endpoint, rcvbuf] => (listen, endpoint, rcvbuf, None),
             [listen, endpoint, rcvbuf, sign] if sign == "sign" => {
-                (listen, endpoint, rcvbuf, Some(Signer::from_env()?))
+                (listen, endpoint, rcvbuf, Some(Signing::from_env()?))
             }
             _ => {
                 return Err(io::Error::other(
@@ -1515,7 +1516,7 @@ mod forwarder {
             endpoint: endpoint.clone(),
             stream: None,
             response: Vec::with_capacity(4096),
-            signer,
+            signing,
         };
 
         let mut buffers = vec![0u8; VLEN * BUFFER];
@@ -1677,11 +1678,11 @@ mod forwarder {
         endpoint: String,
         stream: Option<TcpStream>,
         response: Vec<u8>,
-        signer: Option<Signer>,
+        signing: Option<Signing>,
     }
 
     impl Client {
-        fn post(&mut self, body: &[u8]) -> io::Result<()> {
+        fn post(&mut self, body: &mut Vec<u8>) -> io::Result<()> {
             for attempt in 0..2 {
                 match self.exchange(body) {
                     Ok(()) => return Ok(()),
@@ -1696,7 +1697,7 @@ mod forwarder {
             Ok(())
         }
 
-        fn exchange(&mut self, body: &[u8]) -> io::Result<()> {
+        fn exchange(&mut self, body: &mut Vec<u8>) -> io::Result<()> {
             if self.stream.is_none() {
                 let stream = TcpStream::connect(self.endpoint.as_str())?;
                 stream.set_nodelay(true)?;
@@ -1704,8 +1705,8 @@ mod forwarder {
                 self.stream = Some(stream);
             }
             let stream = self.stream.as_mut().unwrap();
-            let signed = match &mut self.signer {
-                Some(signer) => signer.headers(&self.endpoint, body, SystemTime::now()),
+            let signed = match &self.signing {
+                Some(signing) => signing.headers(&self.endpoint, body)?,
                 None => String::new(),
             };
             let head = format!(
@@ -1751,113 +1752,62 @@ mod forwarder {
     }
 
     const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-    const REGION: &str = "us-east-1";
-    const SERVICE: &str = "xray";
 
-    /// SigV4 with nothing a daemon could leave out: the signing key is derived once per UTC
-    /// day (it is valid for that day), and each request costs the body's SHA-256, the
-    /// canonical request's SHA-256 and one HMAC.
-    pub(super) struct Signer {
-        access_key_id: String,
-        secret_access_key: String,
-        /// The day (`YYYYMMDD`) `key` was derived for.
-        day: String,
-        key: [u8; 32],
+    /// The daemon's own SigV4 signer (the key kept for the day) and the credentials it signs
+    /// with.
+    struct Signing {
+        signer: xray_daemon::aws::sign::Signer,
+        credentials: aws_credential_types::Credentials,
     }
 
-    impl Signer {
-        pub(super) fn new(access_key_id: &str, secret_access_key: &str) -> Self {
-            Signer {
-                access_key_id: access_key_id.to_owned(),
-                secret_access_key: secret_access_key.to_owned(),
-                day: String::new(),
-                key: [0; 32],
-            }
-        }
-
+    impl Signing {
         fn from_env() -> io::Result<Self> {
             let var = |name: &str| {
                 std::env::var(name).map_err(|_| io::Error::other(format!("{name} is not set")))
             };
-            Ok(Signer::new(
-                &var("AWS_ACCESS_KEY_ID")?,
-                &var("AWS_SECRET_ACCESS_KEY")?,
-            ))
+            Ok(Signing {
+                signer: Default::default(),
+                credentials: aws_credential_types::Credentials::new(
+                    var("AWS_ACCESS_KEY_ID")?,
+                    var("AWS_SECRET_ACCESS_KEY")?,
+                    None,
+                    None,
+                    "environment",
+                ),
+            })
         }
 
-        /// The `X-Amz-Date` and `Authorization` header lines, each ending in CRLF.
-        pub(super) fn headers(&mut self, host: &str, body: &[u8], now: SystemTime) -> String {
-            use sha2::{Digest, Sha256};
-            let amz_date = amz_date(now);
-            let day = &amz_date[..8];
-            if self.day != day {
-                self.day = day.to_owned();
-                let mut key = hmac(
-                    format!("AWS4{}", self.secret_access_key).as_bytes(),
-                    day.as_bytes(),
-                );
-                for part in [REGION, SERVICE, "aws4_request"] {
-                    key = hmac(&key, part.as_bytes());
+        /// The signing header lines (each ending in CRLF) for posting `body` to `host`.
+        /// `body` is lent to the signer without a copy and given back.
+        fn headers(&self, host: &str, body: &mut Vec<u8>) -> io::Result<String> {
+            let mut request = axum::http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{host}/TraceSegments"))
+                .header("host", host)
+                .header("content-type", CONTENT_TYPE)
+                .body(Bytes::from(std::mem::take(body)))
+                .map_err(io::Error::other)?;
+            let signed = self
+                .signer
+                .sign(
+                    &mut request,
+                    &self.credentials,
+                    "us-east-1",
+                    SystemTime::now(),
+                )
+                .map_err(io::Error::other);
+            let (parts, lent) = request.into_parts();
+            *body = Vec::from(lent);
+            signed?;
+            let mut lines = String::new();
+            for (name, value) in &parts.headers {
+                if !matches!(name.as_str(), "host" | "content-type") {
+                    let value = value.to_str().map_err(io::Error::other)?;
+                    lines.push_str(&format!("{name}: {value}\r\n"));
                 }
-                self.key = key;
             }
-            let scope = format!("{day}/{REGION}/{SERVICE}/aws4_request");
-            let signed_headers = "content-type;host;x-amz-date";
-            let canonical = format!(
-                "POST\n/TraceSegments\n\ncontent-type:{CONTENT_TYPE}\nhost:{host}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{}",
-                hex(&Sha256::digest(body))
-            );
-            let to_sign = format!(
-                "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-                hex(&Sha256::digest(canonical.as_bytes()))
-            );
-            let signature = hex(&hmac(&self.key, to_sign.as_bytes()));
-            format!(
-                "X-Amz-Date: {amz_date}\r\nAuthorization: AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}\r\n",
-                self.access_key_id
-            )
+            Ok(lines)
         }
-    }
-
-    fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-        use hmac::{KeyInit, Mac};
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
-        mac.update(data);
-        mac.finalize().into_bytes().into()
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        bytes
-            .iter()
-            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
-            .map(char::from)
-            .collect()
-    }
-
-    /// `YYYYMMDDTHHMMSSZ` in UTC.
-    pub(super) fn amz_date(now: SystemTime) -> String {
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (days, rest) = (secs / 86_400, secs % 86_400);
-        // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let day_of_era = z.rem_euclid(146_097);
-        let year_of_era =
-            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let mp = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-            rest / 3600,
-            rest / 60 % 60,
-            rest % 60
-        )
     }
 }
 
@@ -2028,36 +1978,5 @@ mod tests {
             };
             assert_eq!(decode(&ours), decode(&daemon));
         }
-    }
-
-    #[test]
-    fn the_signing_floor_signs_like_the_daemon() {
-        let (access_key_id, secret) = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
-        let host = "127.0.0.1:2000";
-        let body = br#"{"TraceSegmentDocuments":["{\"id\":\"1\"}"]}"#;
-        // 2026-11-21T19:25:09Z.
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_289_109);
-        assert_eq!(forwarder::amz_date(at), "20261121T192509Z");
-
-        let mut floor = forwarder::Signer::new(access_key_id, secret);
-        let ours = floor.headers(host, body, at);
-        let mut request = axum::http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{host}/TraceSegments"))
-            .header("host", host)
-            .header("content-type", "application/x-amz-json-1.1")
-            .body(Bytes::from_static(body))
-            .unwrap();
-        let credentials =
-            aws_credential_types::Credentials::new(access_key_id, secret, None, None, "test");
-        xray_daemon::aws::sign::sign(&mut request, &credentials, "us-east-1", at).unwrap();
-        let daemons = request.headers()["authorization"].to_str().unwrap();
-        assert!(
-            ours.contains(&format!("Authorization: {daemons}\r\n")),
-            "{ours} against {daemons}"
-        );
-        // The key is kept for the day, and derived again on the next.
-        let next_day = floor.headers(host, body, at + Duration::from_secs(86_400));
-        assert!(next_day.contains("/20261122/us-east-1/xray/aws4_request"));
     }
 }

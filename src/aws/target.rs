@@ -15,7 +15,7 @@ use aws_smithy_types::date_time::{DateTime, Format};
 use bytes::Bytes;
 use http::HeaderValue;
 
-use super::sign::{sign, SignError};
+use super::sign::{SignError, Signer};
 
 /// Skew below this is the `Date` header's one-second resolution and network time, not a
 /// wrong clock: signatures keep the local time.
@@ -30,6 +30,7 @@ pub struct XrayTarget {
     region: String,
     credentials: SharedCredentialsProvider,
     connector: SharedHttpConnector,
+    signer: Signer,
     /// X-Ray's clock minus ours, in milliseconds, from the last answer's `Date` (0 when under
     /// [`SKEW_IGNORED_BELOW`]).
     skew_ms: AtomicI64,
@@ -92,6 +93,7 @@ impl XrayTarget {
             region: region.to_owned(),
             credentials,
             connector,
+            signer: Signer::default(),
             skew_ms: AtomicI64::new(0),
         })
     }
@@ -135,7 +137,7 @@ impl XrayTarget {
             .await
             .map_err(|e| Unsigned::NoCredentials(super::error_chain(&e)))?;
         let at = corrected(SystemTime::now(), self.skew_ms.load(Ordering::Relaxed));
-        sign(request, &credentials, &self.region, at)?;
+        self.signer.sign(request, &credentials, &self.region, at)?;
         Ok(())
     }
 
