@@ -384,9 +384,11 @@ async fn no_secret_token_or_signature_appears_anywhere_at_any_log_level() {
         "the session token is used"
     );
 
-    // The sampling proxy: forwarded, refused, failing upstream, unreachable upstream.
+    // The sampling proxy: forwarded, refused, failing upstream, unreachable upstream. A query
+    // string is beyond the kept-key signer's plain shape, so aws-sigv4 signs that call.
     for text in [
         request("POST", "/GetSamplingRules", &[], "{}"),
+        request("POST", "/GetSamplingRules?NextToken=leak", &[], "{}"),
         request(
             "POST",
             "/SamplingTargets",
@@ -451,7 +453,9 @@ async fn no_secret_token_or_signature_appears_anywhere_at_any_log_level() {
 
     let output = xray.all_output();
     // The events that could leak are in the output: aws-sigv4's canonical request (which
-    // holds x-amz-security-token) and the SDK's request dump (which holds Authorization).
+    // holds x-amz-security-token: the telemetry call, and the proxied call with a query) and
+    // the SDK's request dump (which holds Authorization). The kept-key signer that signs the
+    // uploads and plain proxied calls logs nothing.
     for event in ["[Trace] canonical_request=", "[Trace] transmitting request"] {
         assert!(
             output.contains(event),
