@@ -2,8 +2,9 @@
 # Benchmarks of the xray daemon (issue 7); figures and method in docs/performance.md.
 #
 #   scripts/bench.sh                 the standard set: 5,000, 20,000 and 100,000 segments/s,
-#                                    10 s each, 1,000-byte documents, -m 16, 3 runs, daemon and
-#                                    minimal forwarder interleaved; medians and target checks
+#                                    10 s each, 1,000-byte documents, -m 16, 3 runs, daemon,
+#                                    minimal forwarder and signing floor interleaved; medians
+#                                    and target checks
 #   scripts/bench.sh --rate 20000 --count 200000 --size 1000 --runs 3
 #                                    any flags of the harness (scripts/bench.sh --help lists them)
 #   scripts/bench.sh micro [ARGS]    the criterion micro-benchmarks (benches/hot_paths.rs)
