@@ -1785,8 +1785,9 @@ mod forwarder {
                 .uri(format!("http://{host}/TraceSegments"))
                 .header("host", host)
                 .header("content-type", CONTENT_TYPE)
-                .body(Bytes::from(std::mem::take(body)))
+                .body(Bytes::new())
                 .map_err(io::Error::other)?;
+            *request.body_mut() = Bytes::from(std::mem::take(body));
             let signed = self
                 .signer
                 .sign(

@@ -10,7 +10,6 @@ use aws_sigv4::http_request::{sign as sigv4_sign, SignableBody, SignableRequest,
 use aws_sigv4::sign::v4;
 use aws_smithy_types::date_time::{DateTime, Format};
 use bytes::Bytes;
-use hmac::{KeyInit, Mac};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
@@ -24,13 +23,9 @@ const UNSIGNED_HEADERS: [&str; 4] = [
     "transfer-encoding",
 ];
 
-/// Headers the signer sets itself: a request already carrying one goes to aws-sigv4.
-const SIGNER_HEADERS: [&str; 4] = [
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-];
+/// Headers the signer sets (or aws-sigv4 may): a request already carrying one goes to
+/// aws-sigv4. (`authorization` is among the unsigned headers; both signers replace it.)
+const SIGNER_HEADERS: [&str; 3] = ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
 /// Why a request could not be signed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +68,12 @@ pub fn sign(
         .map_err(|e| error(&e))?
         .into_parts();
     instructions.apply_to_request_http1x(request);
+    // aws-sigv4 leaves them unmarked: marked, they stay out of any `Debug` of the request.
+    for name in [http::header::AUTHORIZATION.as_str(), "x-amz-security-token"] {
+        if let Some(value) = request.headers_mut().get_mut(name) {
+            value.set_sensitive(true);
+        }
+    }
     Ok(())
 }
 
@@ -97,8 +98,8 @@ impl std::fmt::Debug for Signer {
 
 /// A derived signing key and what it was derived from.
 struct DayKey {
-    access_key_id: String,
-    secret_access_key: String,
+    /// The credentials (shared, not copied: the secret stays in their zeroised storage).
+    credentials: Credentials,
     region: String,
     /// `YYYYMMDD`.
     day: String,
@@ -117,9 +118,9 @@ impl Signer {
         let Some(headers) = plain_headers(request) else {
             return sign(request, credentials, region, now);
         };
-        let amz_date = amz_date(now);
+        let amz_date = amz_date(now)?;
         let day = &amz_date[..8];
-        let key = self.key(credentials, region, day);
+        let key = self.key(credentials, region, day, now);
         let token = credentials.session_token();
         let mut signed: Vec<(&str, &str)> = headers;
         signed.push(("x-amz-date", &amz_date));
@@ -146,18 +147,23 @@ impl Signer {
                 canonical.push_str(part);
             }
         }
-        for part in ["\n", &names, "\n", &hex(&Sha256::digest(request.body()))] {
+        for part in [
+            "\n",
+            &names,
+            "\n",
+            &hex::encode(Sha256::digest(request.body())),
+        ] {
             canonical.push_str(part);
         }
         let scope = format!("{day}/{region}/{SERVICE}/aws4_request");
         let string_to_sign = format!(
             "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-            hex(&Sha256::digest(canonical.as_bytes()))
+            hex::encode(Sha256::digest(canonical.as_bytes()))
         );
         let authorization = format!(
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={names}, Signature={}",
             credentials.access_key_id(),
-            hex(&hmac(&key, string_to_sign.as_bytes()))
+            v4::calculate_signature(key, string_to_sign.as_bytes())
         );
         let error = |e: http::header::InvalidHeaderValue| SignError(e.to_string());
         let sensitive = |value: &str| {
@@ -178,28 +184,26 @@ impl Signer {
         Ok(())
     }
 
-    /// The signing key for `credentials`, `region` and `day`, derived again only when one of
-    /// them has changed (credentials rotate; days pass).
-    fn key(&self, credentials: &Credentials, region: &str, day: &str) -> [u8; 32] {
+    /// The signing key for `credentials`, `region` and `day` (the UTC day of `now`), derived
+    /// again only when one of them has changed (credentials rotate; days pass).
+    fn key(&self, credentials: &Credentials, region: &str, day: &str, now: SystemTime) -> [u8; 32] {
         let mut kept = self.key.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(kept) = kept.as_ref().filter(|kept| {
             kept.day == day
                 && kept.region == region
-                && kept.access_key_id == credentials.access_key_id()
-                && kept.secret_access_key == credentials.secret_access_key()
+                && kept.credentials.access_key_id() == credentials.access_key_id()
+                && kept.credentials.secret_access_key() == credentials.secret_access_key()
         }) {
             return kept.key;
         }
-        let mut key = hmac(
-            format!("AWS4{}", credentials.secret_access_key()).as_bytes(),
-            day.as_bytes(),
-        );
-        for part in [region, SERVICE, "aws4_request"] {
-            key = hmac(&key, part.as_bytes());
-        }
+        let derived =
+            v4::generate_signing_key(credentials.secret_access_key(), now, region, SERVICE);
+        let key = derived
+            .as_ref()
+            .try_into()
+            .expect("a SigV4 signing key is a SHA-256 HMAC");
         *kept = Some(DayKey {
-            access_key_id: credentials.access_key_id().to_owned(),
-            secret_access_key: credentials.secret_access_key().to_owned(),
+            credentials: credentials.clone(),
             region: region.to_owned(),
             day: day.to_owned(),
             key,
@@ -209,20 +213,20 @@ impl Signer {
 }
 
 /// The request's headers to sign, when its shape needs none of aws-sigv4's normalisation:
-/// a path of unreserved characters without empty or dot segments, no query, a `host` header,
-/// each header once with a visible-ASCII value that has no leading, trailing or doubled
-/// spaces, and none of the headers the signer sets.
+/// `/` or a path of unreserved characters without empty or dot segments, no query, a `host`
+/// header, each header once with a value `to_str` accepts (visible ASCII and tabs) that has
+/// no leading, trailing or doubled spaces, and none of the headers the signer sets.
 fn plain_headers(request: &http::Request<Bytes>) -> Option<Vec<(&str, &str)>> {
     let uri = request.uri();
     let path = uri.path();
-    let plain_path = path.starts_with('/')
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
-        && path[1..]
-            .split('/')
-            .enumerate()
-            .all(|(i, segment)| !matches!(segment, "." | "..") && (i == 0 || !segment.is_empty()));
+    let plain_path = path == "/"
+        || (path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+            && path[1..]
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | "..")));
     if !plain_path || uri.query().is_some() {
         return None;
     }
@@ -245,29 +249,12 @@ fn plain_headers(request: &http::Request<Bytes>) -> Option<Vec<(&str, &str)>> {
 }
 
 /// `now` as SigV4's `X-Amz-Date`: `YYYYMMDDTHHMMSSZ`, in UTC.
-fn amz_date(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let rfc3339 = DateTime::from_secs(secs as i64)
+fn amz_date(now: SystemTime) -> Result<String, SignError> {
+    let whole_secs = DateTime::from_secs(DateTime::from(now).secs());
+    let rfc3339 = whole_secs
         .fmt(Format::DateTime)
-        .unwrap_or_default();
-    rfc3339.replace(['-', ':'], "")
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
-        .map(char::from)
-        .collect()
+        .map_err(|e| SignError(format!("signing time {whole_secs}: {e}")))?;
+    Ok(rfc3339.replace(['-', ':'], ""))
 }
 
 #[cfg(test)]
@@ -334,20 +321,30 @@ mod tests {
         assert_eq!(headers["x-amz-security-token"], "session-token");
     }
 
-    /// The headers of `request` signed once by aws-sigv4 and once by a [`Signer`].
-    fn both(
+    /// The headers of `request` signed for `region` once by aws-sigv4 and once by `signer`.
+    fn both_in(
+        region: &str,
         request: &http::Request<Bytes>,
         signer: &Signer,
         credentials: &Credentials,
         at: SystemTime,
     ) -> (http::HeaderMap, http::HeaderMap) {
         let mut by_sigv4 = request.clone();
-        sign(&mut by_sigv4, credentials, "us-east-1", at).unwrap();
+        sign(&mut by_sigv4, credentials, region, at).unwrap();
         let mut by_signer = request.clone();
         signer
-            .sign(&mut by_signer, credentials, "us-east-1", at)
+            .sign(&mut by_signer, credentials, region, at)
             .unwrap();
         (by_sigv4.headers().clone(), by_signer.headers().clone())
+    }
+
+    fn both(
+        request: &http::Request<Bytes>,
+        signer: &Signer,
+        credentials: &Credentials,
+        at: SystemTime,
+    ) -> (http::HeaderMap, http::HeaderMap) {
+        both_in("us-east-1", request, signer, credentials, at)
     }
 
     fn upload(path: &str) -> http::Request<Bytes> {
@@ -385,6 +382,7 @@ mod tests {
             (upload("/TraceSegments"), None),
             (upload("/TraceSegments"), Some("session-token")),
             (upload("/xray/v1/TraceSegments"), None),
+            (upload("/"), None),
             (proxied, Some("another-token")),
         ];
         for (request, token) in cases {
@@ -410,19 +408,42 @@ mod tests {
         let signer = Signer::default();
         let request = upload("/TraceSegments");
         let mut signatures = Vec::new();
-        for (secret, when) in [
-            ("first-secret", at),
-            ("second-secret", at),
-            ("second-secret", at + Duration::from_secs(86_400)),
-            ("second-secret", at + Duration::from_secs(86_400 + 60)),
+        let next_day = at + Duration::from_secs(86_400);
+        for (secret, region, when) in [
+            ("first-secret", "us-east-1", at),
+            ("second-secret", "us-east-1", at),
+            ("second-secret", "eu-west-1", at),
+            ("second-secret", "eu-west-1", next_day),
+            (
+                "second-secret",
+                "eu-west-1",
+                next_day + Duration::from_secs(60),
+            ),
         ] {
             let credentials = Credentials::new("AKIDEXAMPLE", secret, None, None, "t");
-            let (expected, ours) = both(&request, &signer, &credentials, when);
-            assert_eq!(expected["authorization"], ours["authorization"], "{secret}");
+            let (expected, ours) = both_in(region, &request, &signer, &credentials, when);
+            assert_eq!(
+                expected["authorization"], ours["authorization"],
+                "{secret} {region}"
+            );
             signatures.push(ours["authorization"].clone());
         }
         signatures.dedup();
-        assert_eq!(signatures.len(), 4);
+        assert_eq!(signatures.len(), 5);
+    }
+
+    #[test]
+    fn the_key_is_derived_once_and_then_kept() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let signer = Signer::default();
+        let request = upload("/TraceSegments");
+        let credentials = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t");
+        let (expected, first) = both(&request, &signer, &credentials, at);
+        assert_eq!(expected["authorization"], first["authorization"]);
+        // Spoil the kept key: a signer that derived it again would not notice.
+        signer.key.lock().unwrap().as_mut().unwrap().key = [0; 32];
+        let (expected, second) = both(&request, &signer, &credentials, at);
+        assert_ne!(expected["authorization"], second["authorization"]);
     }
 
     #[test]
@@ -440,19 +461,25 @@ mod tests {
             upload("/GetSamplingRules?x=1"),
             upload("/a%20b/TraceSegments"),
             upload("/xray//TraceSegments"),
+            upload("//xray/TraceSegments"),
+            upload("/xray/"),
             upload("/xray/./TraceSegments"),
             upload("/xray/../TraceSegments"),
             with_header("x-custom", "two  spaces"),
             with_header("x-custom", " leading"),
+            with_header("x-custom", "trailing "),
+            // A second value under one name: aws-sigv4 joins them with a comma.
             with_header("content-type", "application/x-amz-json-1.1"),
             with_header("x-amz-date", "20000101T000000Z"),
+            with_header("x-amz-security-token", "the client's"),
+            with_header("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
         ];
         let signer = Signer::default();
         let credentials = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t");
         for request in cases {
             assert!(plain_headers(&request).is_none(), "{request:?}");
-            let (expected, ours) = both(&request, &signer, &credentials, at);
-            assert_eq!(expected["authorization"], ours["authorization"]);
+            let (_, ours) = both(&request, &signer, &credentials, at);
+            assert!(ours["authorization"].is_sensitive(), "{request:?}");
         }
         let mut unnamed = upload("/TraceSegments");
         unnamed.headers_mut().remove("host");
@@ -462,6 +489,14 @@ mod tests {
     #[test]
     fn the_signing_time_is_written_in_utc_without_separators() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_289_109_999);
-        assert_eq!(amz_date(at), "20261121T192509Z");
+        assert_eq!(amz_date(at).unwrap(), "20261121T192509Z");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(400 * 86_400);
+        assert_eq!(amz_date(before_1970).unwrap(), "19681127T000000Z");
+    }
+
+    #[test]
+    fn the_unsigned_headers_are_aws_sigv4s() {
+        let theirs = SigningSettings::default().excluded_headers.unwrap();
+        assert_eq!(theirs, UNSIGNED_HEADERS.map(std::borrow::Cow::Borrowed));
     }
 }
