@@ -16,7 +16,7 @@
 //! keep-alive HTTP/1.1 connection, no signing), the floor measured in the same invocation;
 //! `forwarder+sigv4` is that forwarder signing each request with the daemon's signer (SigV4's
 //! least work: the key kept for the day; the body's SHA-256, the canonical request's and one
-//! HMAC), the floor for any daemon that must sign its uploads. Runs of the subjects are
+//! HMAC), the floor for a daemon, which must sign its uploads. Runs of the subjects are
 //! interleaved so background load hits them alike. Medians are printed in a final markdown
 //! table, with the issue's targets checked where the rates allow.
 //!
@@ -180,7 +180,7 @@ USAGE: xray_bench [OPTIONS]        (scripts/bench.sh builds and runs it)
 enum Scenario {
     Daemon,
     Forwarder,
-    /// The forwarder plus the least SigV4 costs: the floor for any daemon that signs.
+    /// The forwarder signing as the daemon does: the floor for a daemon, which must sign.
     SigningForwarder,
 }
 
@@ -1419,8 +1419,8 @@ fn report(options: &Options, results: &[RunResult]) -> bool {
         }
         if let (20_000, Some(s)) = (rate, signing) {
             println!(
-                "- 20000/s: the signing floor is {:.2} µs/segment: no daemon that signs its \
-                 uploads spends less on this machine in this hour",
+                "- 20000/s: the signing floor (the minimal forwarder, signing as the daemon \
+                 must) is {:.2} µs/segment in this run",
                 s.us
             );
         }
