@@ -249,8 +249,8 @@ struct Round {
 impl Round {
     /// Sleeps about as long as the rest of the batch takes to arrive at the recent rate
     /// ([`ArrivalRate`]), within [`MIN_PAUSE`] and [`MAX_PAUSE`]; below one datagram per
-    /// [`MAX_PAUSE`], waits for the next datagram instead. Never past the held segments' due time, nor
-    /// longer than [`STOP_CHECK_INTERVAL`] without looking whether to stop.
+    /// [`MAX_PAUSE`], waits for the next datagram instead. Never past the held segments' due
+    /// time, nor longer than [`STOP_CHECK_INTERVAL`] without looking whether to stop.
     fn pause(&self) -> Pause {
         if self.received >= self.limit {
             return Pause::None;
