@@ -844,6 +844,11 @@ fn daemon_loss_counters(admin_port: u16) -> String {
                 .or_else(|| {
                     line.strip_prefix("xray_segments_rejected_total")
                         .map(|r| ("rejected", r))
+                })
+                .or_else(|| {
+                    // The daemon's own count of the kernel drops this harness reads itself.
+                    line.strip_prefix("xray_udp_kernel_drops_total")
+                        .map(|r| ("kernel_drops", r))
                 })?;
             let (labels, value) = rest.1.rsplit_once(' ')?;
             let value: f64 = value.trim().parse().ok()?;

@@ -168,7 +168,7 @@ impl Daemon {
             &segments_tx,
             stop_ingest.child_token(),
         )?;
-        log_listener(&udp);
+        note_listener(&udp, &metrics);
         udp_latch.release();
 
         let (proxy_target, _) = watch::channel(upstream.proxy);
@@ -482,7 +482,7 @@ impl Daemon {
                     net::BindError::new(net::Network::Udp, &config.udp_address, &e).to_string()
                 })?;
                 let previous = std::mem::replace(&mut self.udp, listener);
-                log_listener(&self.udp);
+                note_listener(&self.udp, &self.metrics);
                 self.retiring.spawn(previous.retire(REBIND_LINGER));
             }
             None if old.receive_buffer_bytes != config.receive_buffer_bytes => {
@@ -490,6 +490,7 @@ impl Daemon {
                     &socket2::SockRef::from(self.udp.socket()),
                     config.receive_buffer_bytes,
                 );
+                note_listener(&self.udp, &self.metrics);
             }
             None => {}
         }
@@ -528,13 +529,17 @@ fn budget_mb(config: &Config) -> u64 {
     }
 }
 
-fn log_listener(listener: &UdpListener) {
+/// Logs where the UDP listener is and shows its receive buffer in the metrics.
+fn note_listener(listener: &UdpListener, metrics: &Metrics) {
+    let buffer_bytes = udp::receive_buffer_size(listener.socket()).unwrap_or(0);
+    metrics
+        .udp_receive_buffer_bytes
+        .set(i64::try_from(buffer_bytes).unwrap_or(i64::MAX));
     tracing::debug!(
-        "Listening on UDP {} (receive buffer {} bytes)",
+        "Listening on UDP {} (receive buffer {buffer_bytes} bytes)",
         listener
             .local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string()),
-        udp::receive_buffer_size(listener.socket()).unwrap_or(0)
     );
 }
 

@@ -8,7 +8,8 @@
 //! - [`logging`]: the Go daemon's log line format, levels and file rotation.
 //! - [`segment`]: the wire format: header/document split and header acceptance (pure).
 //! - [`budget`]: the one memory budget every held segment is charged to.
-//! - [`ingest`]: admission of received bytes into segments, and the UDP listener.
+//! - [`ingest`]: admission of received bytes into segments, the UDP listener, and the count
+//!   of datagrams the kernel dropped at its socket.
 //! - [`batch`]: when a batch is ready (pure, time passed in).
 //! - [`upload`]: batches to X-Ray (`PutTraceSegments`) or the local sink, with retries.
 //! - [`aws`]: region resolution, credentials, the outbound HTTP clients (proxy, and the

@@ -121,6 +121,8 @@ pub struct IngestCounters {
     pub dropped_buffer_full: IntCounter,
     /// Segments received but not admitted because the daemon was shutting down.
     pub dropped_shutdown: IntCounter,
+    /// UDP datagrams the kernel dropped at the socket (receive buffer full).
+    pub kernel_drops: IntCounter,
 }
 
 impl IngestCounters {
@@ -141,6 +143,9 @@ pub struct Metrics {
     received_bytes: IntCounterVec,
     segments_rejected: IntCounterVec,
     segments_dropped: IntCounterVec,
+    udp_kernel_drops: IntCounter,
+    /// The UDP socket's receive buffer as the kernel reports it.
+    pub udp_receive_buffer_bytes: IntGauge,
     /// Segments X-Ray accepted (unprocessed ones excluded).
     pub segments_sent: IntCounter,
     segments_unprocessed: IntCounterVec,
@@ -232,6 +237,21 @@ impl Metrics {
         registry.register(Box::new(proxy_requests.clone()))?;
 
         let register = |collector: Box<dyn Collector>| registry.register(collector);
+        // Not in xray_segments_dropped_total: these datagrams never reached the daemon, so
+        // they are not in xray_segments_received_total either, and the accounting identity
+        // (received = sent + rejected + dropped + buffered) holds without them.
+        let udp_kernel_drops = IntCounter::new(
+            "xray_udp_kernel_drops_total",
+            "UDP datagrams the kernel dropped at the daemon's socket because its receive \
+             buffer was full (never received, so not in xray_segments_received_total).",
+        )?;
+        register(Box::new(udp_kernel_drops.clone()))?;
+        let udp_receive_buffer_bytes = IntGauge::new(
+            "xray_udp_receive_buffer_bytes",
+            "The UDP socket's receive buffer as the kernel reports it (on Linux twice the \
+             size granted, which net.core.rmem_max caps).",
+        )?;
+        register(Box::new(udp_receive_buffer_bytes.clone()))?;
         let segments_sent =
             IntCounter::new("xray_segments_sent_total", "Segments accepted by X-Ray.")?;
         register(Box::new(segments_sent.clone()))?;
@@ -300,6 +320,8 @@ impl Metrics {
             received_bytes,
             segments_rejected,
             segments_dropped,
+            udp_kernel_drops,
+            udp_receive_buffer_bytes,
             segments_sent,
             segments_unprocessed,
             upload_requests,
@@ -330,6 +352,7 @@ impl Metrics {
                 .map(|r| self.segments_rejected.with_label_values(&[r.as_str()])),
             dropped_buffer_full: self.dropped(DropReason::BufferFull),
             dropped_shutdown: self.dropped(DropReason::Shutdown),
+            kernel_drops: self.udp_kernel_drops.clone(),
         }
     }
 

@@ -93,6 +93,8 @@ async fn debug_status(State(state): State<AdminState>) -> Response {
             "dropped": total("xray_segments_dropped_total"),
             "buffered": state.budget.held_segments(),
             "last_received_at": snapshot.last_segment_received_at,
+            // Never received, so apart from the segment counts above.
+            "udp_kernel_drops": total("xray_udp_kernel_drops_total"),
         },
         "buffer": {
             "used_bytes": used,

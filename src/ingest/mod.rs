@@ -1,6 +1,7 @@
 //! Ingest: turning received bytes into admitted [`Segment`]s. The admission decision
 //! (validate, then charge the budget) is shared by every transport; `udp` owns the socket.
 
+pub mod kernel_drops;
 pub mod tcp;
 pub mod udp;
 
@@ -136,6 +137,16 @@ impl Admission {
         })
     }
 
+    /// Datagrams or records received so far (valid or not).
+    pub fn received_datagrams(&self) -> u64 {
+        self.counters.received.get()
+    }
+
+    /// Counts datagrams the kernel dropped at the socket before the daemon could receive them.
+    pub fn kernel_dropped(&self, datagrams: u64) {
+        self.counters.kernel_drops.inc_by(datagrams);
+    }
+
     /// Counts a received document that shutdown stopped from being admitted.
     pub fn dropped_at_shutdown(&self, _bytes: usize) {
         self.counters.dropped_shutdown.inc();
@@ -208,11 +219,11 @@ impl WarnLimiter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::{Metrics, Transport};
 
-    pub(super) fn admission(limit: usize) -> (Admission, Metrics) {
+    pub(crate) fn admission(limit: usize) -> (Admission, Metrics) {
         let budget = MemoryBudget::new(limit);
         let metrics = Metrics::new(prometheus::Registry::new(), Arc::clone(&budget)).unwrap();
         (

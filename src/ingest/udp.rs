@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::kernel_drops::{self, KernelDrops};
 use super::{Admission, Arrival, Segment, SegmentSender};
 use crate::batch::{MAX_BATCH_SEGMENTS, MAX_BATCH_WAIT};
 use crate::net::{self, BindError, Network};
@@ -40,11 +41,40 @@ pub fn bind(address: &str, receive_buffer_bytes: usize) -> Result<UdpSocket, Bin
     Ok(socket.into())
 }
 
-/// Requests a receive buffer size; the kernel may clamp it (`net.core.rmem_max`).
+/// Requests a receive buffer size, and warns when the kernel grants less: it caps requests at
+/// `net.core.rmem_max` without failing them (208 KB on many distributions, where bursts
+/// of a few milliseconds at high rates overflow it).
 pub fn set_receive_buffer(socket: &socket2::Socket, receive_buffer_bytes: usize) {
     if let Err(e) = socket.set_recv_buffer_size(receive_buffer_bytes) {
         tracing::warn!("Could not set the UDP receive buffer to {receive_buffer_bytes} bytes: {e}");
+        return;
     }
+    let granted = socket
+        .recv_buffer_size()
+        .ok()
+        .and_then(|reported| granted_short_of(receive_buffer_bytes, reported));
+    if let Some(granted) = granted {
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .map(|text| format!(" ({} bytes here)", text.trim()))
+            .unwrap_or_default();
+        tracing::warn!(
+            "The UDP receive buffer is {granted} bytes, less than the {receive_buffer_bytes} \
+             requested: the kernel caps it at net.core.rmem_max{cap}. Bursts it cannot hold \
+             are dropped by the kernel (counted in xray_udp_kernel_drops_total); raise \
+             net.core.rmem_max on the node to get the whole buffer."
+        );
+    }
+}
+
+/// What the kernel granted for a request of `requested` bytes, when that is less: Linux
+/// reports twice the size it granted (the other half allows for its own bookkeeping).
+fn granted_short_of(requested: usize, reported: usize) -> Option<usize> {
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    (granted < requested).then_some(granted)
 }
 
 /// The effective receive buffer size the kernel granted (Linux reports double the request).
@@ -80,7 +110,8 @@ impl UdpListener {
             .map_err(|e| BindError::new(Network::Udp, address, &e))
     }
 
-    /// Starts receiving from `socket` on a new thread; it stops within
+    /// Starts receiving from `socket` on a new thread, and counting the datagrams the kernel
+    /// drops at it on another ([`kernel_drops::count`]); receiving stops within
     /// [`STOP_CHECK_INTERVAL`] of `stop` firing, after draining what the kernel already
     /// queued, or of the listener being dropped.
     pub fn start(
@@ -91,11 +122,26 @@ impl UdpListener {
     ) -> io::Result<Self> {
         let control = socket.try_clone()?;
         let (stopped_tx, stopped) = oneshot::channel();
+        // Dropped when the receive loop ends, which tells the drop counter to read once more.
+        let (receiving, receive_ended) = std::sync::mpsc::channel::<()>();
+        match KernelDrops::of(&socket) {
+            Some(drops) => {
+                let admission = admission.clone();
+                std::thread::Builder::new()
+                    .name("xray-udp-drops".into())
+                    .spawn(move || kernel_drops::count(drops, &admission, &receive_ended))?;
+            }
+            None => tracing::debug!(
+                "No kernel drop count for the UDP socket here: datagrams the kernel drops when \
+                 its receive buffer is full are not counted"
+            ),
+        }
         let (admission, segments, cancel) = (admission.clone(), segments.clone(), stop.clone());
         std::thread::Builder::new()
             .name("xray-udp".into())
             .spawn(move || {
                 receive(&socket, &admission, &segments, &cancel);
+                drop(receiving);
                 let _ = stopped_tx.send(());
             })?;
         Ok(UdpListener {
@@ -448,6 +494,30 @@ impl ReceiveBuffers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_buffer_the_kernel_capped_is_told_from_one_it_granted() {
+        assert_eq!(granted_short_of(4 << 20, 8 << 20), None);
+        assert_eq!(
+            granted_short_of(1, 4608),
+            None,
+            "raised to the kernel's minimum"
+        );
+        assert_eq!(granted_short_of(4 << 20, 425_984), Some(212_992));
+        // What this kernel does with a request past its cap.
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let socket = bind("127.0.0.1:0", 2 * cap).unwrap();
+        let reported = receive_buffer_size(&socket).unwrap();
+        assert_eq!(granted_short_of(2 * cap, reported), Some(cap));
+        let socket = bind("127.0.0.1:0", cap).unwrap();
+        let reported = receive_buffer_size(&socket).unwrap();
+        assert_eq!(granted_short_of(cap, reported), None);
+    }
 
     /// A bound socket that blocks up to two seconds for a datagram.
     fn blocking_socket(address: &str) -> UdpSocket {

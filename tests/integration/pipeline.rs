@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::{args_for, datagram, eventually, ids, send_paced, with, FakeXray, Reply, Running};
+use crate::{
+    args_for, datagram, eventually, http, ids, send_paced, with, FakeXray, Reply, Running,
+};
 
 fn fixtures() -> Vec<Vec<u8>> {
     let dir =
@@ -185,6 +187,55 @@ async fn a_flood_past_the_budget_is_dropped_counted_and_bounded() {
             .contains(&"after-flood".to_string()))
         .await
     );
+    daemon.assert_accounting_identity().await;
+    daemon.shutdown().await;
+}
+
+/// A burst into the smallest receive buffer the kernel grants: what the kernel drops is
+/// counted, so every datagram sent is either received (and delivered) or counted there.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn datagrams_the_kernel_drops_are_counted_and_the_rest_are_delivered() {
+    const SENT: u64 = 3_000;
+    let fake = FakeXray::start().await;
+    let daemon = Running::start(with(args_for(&fake), &["--receive-buffer-bytes", "1"])).await;
+    let buffer_bytes = daemon.series("xray_udp_receive_buffer_bytes");
+    assert!(
+        buffer_bytes > 0 && buffer_bytes < 64 * 1024,
+        "the kernel's minimum: {buffer_bytes}"
+    );
+    let datagrams: Vec<Vec<u8>> = (0..SENT)
+        .map(|i| datagram(&format!("{i:016x}"), 1000))
+        .collect();
+    // 100 per burst: far more than the buffer holds, and far fewer than the 1,000 the
+    // loopback device queues before it drops datagrams itself (`netdev_max_backlog`).
+    send_paced(daemon.udp, &datagrams, 10_000).await;
+    let counts = || {
+        (
+            daemon.total("xray_segments_received_total"),
+            daemon.total("xray_udp_kernel_drops_total"),
+        )
+    };
+    // The count is read at most once a second while datagrams arrive.
+    eventually(Duration::from_secs(5), || {
+        let (received, dropped) = counts();
+        received + dropped == SENT
+    })
+    .await;
+    let (received, dropped) = counts();
+    assert_eq!(
+        received + dropped,
+        SENT,
+        "received {received}, dropped {dropped}"
+    );
+    assert!(dropped > 0, "a few datagrams fill the smallest buffer");
+    let (_, status) = http("GET", daemon.admin, "/debug/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["segments"]["udp_kernel_drops"], dropped);
+    let delivered = fake
+        .wait_for_documents(received as usize, Duration::from_secs(5))
+        .await;
+    assert_eq!(delivered.len() as u64, received);
     daemon.assert_accounting_identity().await;
     daemon.shutdown().await;
 }

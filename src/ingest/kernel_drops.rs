@@ -1,0 +1,320 @@
+//! Datagrams the kernel dropped at the UDP socket because its receive buffer was full. They
+//! never reach the daemon, so the socket's own drop count (the `drops` column of
+//! `/proc/net/udp` or `/proc/net/udp6`, the counter `SO_RXQ_OVFL` reports) is the only place
+//! they can be counted from.
+
+use std::io;
+use std::net::UdpSocket;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::Admission;
+
+/// How often the count is read, at most, and only after datagrams arrived.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The shortest time between two warnings; drops in between are summed into the next one.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One socket's drop count as the kernel keeps it.
+#[derive(Debug)]
+pub struct KernelDrops {
+    table: &'static str,
+    inode: u64,
+    /// The socket, duplicated, so that it stays in the table for the last read after the
+    /// receive loop has closed its own descriptor.
+    _socket: UdpSocket,
+    /// The count at the last read. The kernel's counter is 32 bits and wraps.
+    seen: u32,
+}
+
+impl KernelDrops {
+    /// Finds `socket` in the kernel's table of UDP sockets. `None` where there is no such
+    /// table to read (not Linux, or `/proc` not mounted).
+    pub fn of(socket: &UdpSocket) -> Option<Self> {
+        let table = if socket.local_addr().ok()?.is_ipv4() {
+            "/proc/net/udp"
+        } else {
+            "/proc/net/udp6"
+        };
+        let mut drops = KernelDrops {
+            table,
+            inode: socket_inode(socket)?,
+            _socket: socket.try_clone().ok()?,
+            seen: 0,
+        };
+        drops.seen = drops.read().ok()?;
+        Some(drops)
+    }
+
+    /// The datagrams dropped since the last call (or since [`KernelDrops::of`]).
+    pub fn new_drops(&mut self) -> io::Result<u64> {
+        let total = self.read()?;
+        let new = dropped_between(self.seen, total);
+        self.seen = total;
+        Ok(new)
+    }
+
+    fn read(&self) -> io::Result<u32> {
+        drops_in_table(&std::fs::read_to_string(self.table)?, self.inode).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("socket inode {} not in {}", self.inode, self.table),
+            )
+        })
+    }
+}
+
+/// Drops between two reads of the kernel's 32-bit counter, which wraps.
+fn dropped_between(earlier: u32, later: u32) -> u64 {
+    u64::from(later.wrapping_sub(earlier))
+}
+
+/// The socket's inode number, which names it in the kernel's tables.
+#[cfg(unix)]
+fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    parse_socket_link(link.to_str()?)
+}
+
+#[cfg(not(unix))]
+fn socket_inode(_socket: &UdpSocket) -> Option<u64> {
+    None
+}
+
+/// The inode in a socket descriptor's link text, `socket:[12345]`.
+fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The `drops` column of the row for `inode` in a `/proc/net/udp{,6}` table.
+fn drops_in_table(table: &str, inode: u64) -> Option<u32> {
+    // sl local remote st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+    const INODE: usize = 9;
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        (fields.get(INODE)?.parse::<u64>().ok()? == inode)
+            .then(|| fields.last()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Counts `drops` into `admission` until `receive_ended` says the receive loop has ended,
+/// then reads once more. On a thread of its own: the table lists every UDP socket of the
+/// network namespace (a host's, for pods on the host network), and reading hundreds of rows
+/// takes about a millisecond, which the receive loop cannot spare at high rates.
+pub fn count(mut drops: KernelDrops, admission: &Admission, receive_ended: &mpsc::Receiver<()>) {
+    let mut warning = WarningBudget::default();
+    let mut received_at_last_read = admission.received_datagrams();
+    loop {
+        let ended = !matches!(
+            receive_ended.recv_timeout(POLL_INTERVAL),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        let received = admission.received_datagrams();
+        // Drops only happen while datagrams arrive: an idle daemon reads nothing.
+        if ended || received != received_at_last_read {
+            received_at_last_read = received;
+            match drops.new_drops() {
+                Ok(new) => {
+                    admission.kernel_dropped(new);
+                    if let Some(total) = warning.add(new, Instant::now()) {
+                        warn_about(total);
+                    }
+                }
+                Err(e) => tracing::debug!("Could not read the UDP socket's kernel drop count: {e}"),
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+fn warn_about(drops: u64) {
+    tracing::warn!(
+        "The kernel dropped {drops} more UDP datagrams: the socket's receive buffer was full \
+         (xray_udp_kernel_drops_total counts them all; this warning comes at most every {} \
+         seconds). Raise Socket.ReceiveBufferBytes (--receive-buffer-bytes), and the node's \
+         net.core.rmem_max, which caps it.",
+        WARN_INTERVAL.as_secs()
+    );
+}
+
+/// At most one warning per [`WARN_INTERVAL`], carrying every drop since the last one.
+#[derive(Debug, Default, Clone, Copy)]
+struct WarningBudget {
+    unreported: u64,
+    last_warned: Option<Instant>,
+}
+
+impl WarningBudget {
+    /// Adds `new` drops at `now`; returns the drops to warn about now, if any.
+    fn add(&mut self, new: u64, now: Instant) -> Option<u64> {
+        self.unreported += new;
+        let quiet_long_enough = self
+            .last_warned
+            .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
+        if self.unreported == 0 || !quiet_long_enough {
+            return None;
+        }
+        self.last_warned = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDP_TABLE: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops             
+  318: 0100007F:07D0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4150261 2 0000000000000000 0             
+  765: 00000000:D48F 00000000:0000 07 00000000:00011B00 00:00000000 00000000     0        0 4151380 2 0000000000000000 4294967295
+ 1024: 0100007F:9A2B 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 7 2 0000000000000000 17
+";
+
+    const UDP6_TABLE: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  318: 00000000000000000000000000000000:07D0 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4150262 2 0000000000000000 3
+";
+
+    #[test]
+    fn the_drops_column_of_the_sockets_row_is_read_from_both_tables() {
+        assert_eq!(drops_in_table(UDP_TABLE, 4150261), Some(0));
+        assert_eq!(drops_in_table(UDP_TABLE, 4151380), Some(u32::MAX));
+        // An inode that is a prefix or a suffix of another's is not confused with it.
+        assert_eq!(drops_in_table(UDP_TABLE, 7), Some(17));
+        assert_eq!(drops_in_table(UDP_TABLE, 415026), None);
+        assert_eq!(drops_in_table(UDP6_TABLE, 4150262), Some(3));
+        assert_eq!(drops_in_table("", 7), None);
+        assert_eq!(drops_in_table("header\n  1: truncated row 7\n", 7), None);
+    }
+
+    #[test]
+    fn the_inode_is_read_from_the_descriptors_link() {
+        assert_eq!(parse_socket_link("socket:[4150261]"), Some(4150261));
+        assert_eq!(parse_socket_link("pipe:[4150261]"), None);
+        assert_eq!(parse_socket_link("socket:[]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn warnings_come_at_most_every_ten_seconds_and_carry_every_drop() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut budget = WarningBudget::default();
+        assert_eq!(budget.add(0, at(0)), None, "no drops, no warning");
+        assert_eq!(budget.add(5, at(1)), Some(5));
+        assert_eq!(budget.add(7, at(2)), None);
+        assert_eq!(budget.add(0, at(5)), None);
+        assert_eq!(budget.add(1, at(10)), None);
+        assert_eq!(budget.add(0, at(11)), Some(8));
+        assert_eq!(budget.add(0, at(30)), None);
+        assert_eq!(budget.add(2, at(31)), Some(2));
+    }
+
+    /// A real socket with the smallest receive buffer, sent more than it holds: every
+    /// datagram is either queued or in the kernel's count.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_receive_buffer_is_counted_datagram_for_datagram() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&receiver)
+            .set_recv_buffer_size(1)
+            .unwrap();
+        let mut drops = KernelDrops::of(&receiver).expect("Linux has /proc/net/udp");
+        assert_eq!(drops.new_drops().unwrap(), 0);
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        const SENT: u64 = 200;
+        for _ in 0..SENT {
+            sender
+                .send_to(&[b'x'; 1000], receiver.local_addr().unwrap())
+                .unwrap();
+        }
+        receiver.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        let mut buffer = [0u8; 2048];
+        while receiver.recv(&mut buffer).is_ok() {
+            queued += 1;
+        }
+        let dropped = drops.new_drops().unwrap();
+        assert!(
+            dropped > 0 && queued > 0,
+            "queued {queued}, dropped {dropped}"
+        );
+        assert_eq!(queued + dropped, SENT);
+        assert_eq!(drops.new_drops().unwrap(), 0, "counted once");
+
+        let v6 = UdpSocket::bind("[::1]:0");
+        if let Ok(v6) = v6 {
+            let mut drops = KernelDrops::of(&v6).expect("an IPv6 socket is in /proc/net/udp6");
+            assert_eq!(drops.new_drops().unwrap(), 0);
+        }
+    }
+
+    /// The counting thread reads after datagrams arrived, and once more when receiving ends.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn drops_are_counted_while_datagrams_arrive_and_when_receiving_ends() {
+        let (admission, metrics) = crate::ingest::tests::admission(1 << 20);
+        let counted = || metrics.total("xray_udp_kernel_drops_total");
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&receiver)
+            .set_recv_buffer_size(1)
+            .unwrap();
+        let drops = KernelDrops::of(&receiver).unwrap();
+        let (receiving, receive_ended) = mpsc::channel::<()>();
+        let counter = {
+            let admission = admission.clone();
+            std::thread::spawn(move || count(drops, &admission, &receive_ended))
+        };
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let send = |n: usize| {
+            for _ in 0..n {
+                sender
+                    .send_to(&[b'x'; 1000], receiver.local_addr().unwrap())
+                    .unwrap();
+            }
+        };
+        send(100);
+        std::thread::sleep(POLL_INTERVAL + Duration::from_millis(300));
+        assert_eq!(counted(), 0, "nothing received: nothing read");
+        admission
+            .admit_datagram(b"{\"format\":\"json\",\"version\":1}\n{}")
+            .unwrap();
+        let deadline = Instant::now() + 3 * POLL_INTERVAL;
+        while counted() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first = counted();
+        assert!(first > 0, "read within a poll interval of a datagram");
+        send(100);
+        drop(receiving);
+        counter.join().unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while receiver.recv(&mut [0u8; 2048]).is_ok() {
+            queued += 1;
+        }
+        assert!(counted() > first, "read once more at the end");
+        assert_eq!(counted() + queued, 200);
+    }
+
+    #[test]
+    fn the_count_survives_the_kernels_counter_wrapping_and_failed_reads() {
+        assert_eq!(dropped_between(7, 7), 0);
+        assert_eq!(dropped_between(7, 10), 3);
+        assert_eq!(dropped_between(u32::MAX - 1, 3), 5);
+        let mut drops = KernelDrops {
+            table: "/nonexistent",
+            inode: 1,
+            _socket: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            seen: 9,
+        };
+        assert!(drops.new_drops().is_err());
+        assert_eq!(drops.seen, 9, "a failed read changes nothing");
+    }
+}
