@@ -158,6 +158,10 @@ async fn a_junk_flood_is_counted_as_rejected_and_valid_senders_are_served_alongs
         sent.empty
     );
     assert!(received <= offered, "empty datagrams were counted");
+    // The daemon counts the kernel's drops itself, from the same table.
+    let own_count = || daemon.total("xray_udp_kernel_drops_total");
+    eventually(Duration::from_secs(3), || own_count() == drops).await;
+    assert_eq!(own_count(), drops, "xray_udp_kernel_drops_total");
 
     // Every valid datagram that got in is delivered, once; every junk one that got in is
     // rejected.
@@ -369,6 +373,22 @@ async fn a_sustained_flood_keeps_memory_within_the_budget_and_recovers_at_once()
         after.value("xray_segments_received_total") + kernel_drops(xray.udp),
         offered + 2,
         "every datagram offered is received or counted by the kernel"
+    );
+    // The daemon's own count, read at most a second after the last datagram.
+    let mut own_count = after.value("xray_udp_kernel_drops_total");
+    for _ in 0..30 {
+        if own_count == kernel_drops(xray.udp) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        own_count = Scrape::of(xray.admin)
+            .await
+            .value("xray_udp_kernel_drops_total");
+    }
+    assert_eq!(
+        own_count,
+        kernel_drops(xray.udp),
+        "xray_udp_kernel_drops_total"
     );
     assert_eq!(
         after.value("xray_segments_dropped_total"),
