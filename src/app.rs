@@ -531,7 +531,7 @@ fn budget_mb(config: &Config) -> u64 {
 
 /// Logs where the UDP listener is and shows its receive buffer in the metrics.
 fn note_listener(listener: &UdpListener, metrics: &Metrics) {
-    let buffer_bytes = udp::receive_buffer_size(listener.socket()).unwrap_or(0);
+    let buffer_bytes = udp::granted_receive_buffer(listener.socket()).unwrap_or(0);
     metrics
         .udp_receive_buffer_bytes
         .set(i64::try_from(buffer_bytes).unwrap_or(i64::MAX));

@@ -144,7 +144,7 @@ pub struct Metrics {
     segments_rejected: IntCounterVec,
     segments_dropped: IntCounterVec,
     udp_kernel_drops: IntCounter,
-    /// The UDP socket's receive buffer as the kernel reports it.
+    /// The UDP socket's receive buffer the kernel granted.
     pub udp_receive_buffer_bytes: IntGauge,
     /// Segments X-Ray accepted (unprocessed ones excluded).
     pub segments_sent: IntCounter,
@@ -242,14 +242,14 @@ impl Metrics {
         // (received = sent + rejected + dropped + buffered) holds without them.
         let udp_kernel_drops = IntCounter::new(
             "xray_udp_kernel_drops_total",
-            "UDP datagrams the kernel dropped at the daemon's socket because its receive \
-             buffer was full (never received, so not in xray_segments_received_total).",
+            "UDP datagrams the kernel dropped at the daemon's socket, nearly always because its \
+             receive buffer was full (never received, so not in xray_segments_received_total).",
         )?;
         register(Box::new(udp_kernel_drops.clone()))?;
         let udp_receive_buffer_bytes = IntGauge::new(
             "xray_udp_receive_buffer_bytes",
-            "The UDP socket's receive buffer as the kernel reports it (on Linux twice the \
-             size granted, which net.core.rmem_max caps).",
+            "The UDP socket's receive buffer the kernel granted (net.core.rmem_max caps the \
+             requested Socket.ReceiveBufferBytes).",
         )?;
         register(Box::new(udp_receive_buffer_bytes.clone()))?;
         let segments_sent =

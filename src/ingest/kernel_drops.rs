@@ -1,10 +1,11 @@
-//! Datagrams the kernel dropped at the UDP socket because its receive buffer was full. They
-//! never reach the daemon, so the socket's own drop count (the `drops` column of
-//! `/proc/net/udp` or `/proc/net/udp6`, the counter `SO_RXQ_OVFL` reports) is the only place
-//! they can be counted from.
+//! Datagrams the kernel dropped at the UDP socket, nearly always because its receive buffer
+//! was full. They never reach the daemon, so the socket's own drop count (the `drops` column
+//! of `/proc/net/udp` or `/proc/net/udp6`, the counter `SO_RXQ_OVFL` reports) is the only
+//! place they can be counted from.
 
 use std::io;
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,49 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The shortest time between two warnings; drops in between are summed into the next one.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a socket's drop count cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DropCountError {
+    /// Only Linux keeps the table this is read from.
+    #[error("only Linux reports a socket's drops in /proc/net/udp")]
+    NotLinux,
+    /// The descriptor's `/proc/self/fd` link, which names the socket's inode.
+    #[error("reading /proc/self/fd/{fd}: {source}")]
+    Descriptor {
+        /// The socket's descriptor.
+        fd: i32,
+        /// Why it could not be read.
+        source: io::Error,
+    },
+    /// The link does not name a socket (`socket:[12345]`).
+    #[error("/proc/self/fd/{fd} is {link:?}, not a socket")]
+    NotASocket {
+        /// The socket's descriptor.
+        fd: i32,
+        /// What the link said.
+        link: String,
+    },
+    /// The socket's address, which says which table lists it.
+    #[error("the socket's address: {0}")]
+    Address(io::Error),
+    /// The table could not be read.
+    #[error("reading {table}: {source}")]
+    Table {
+        /// `/proc/net/udp` or `/proc/net/udp6`.
+        table: &'static str,
+        /// Why it could not be read.
+        source: io::Error,
+    },
+    /// The table has no row for the socket.
+    #[error("socket inode {inode} is not in {table}")]
+    NotInTable {
+        /// `/proc/net/udp` or `/proc/net/udp6`.
+        table: &'static str,
+        /// The socket's inode.
+        inode: u64,
+    },
+}
 
 /// One socket's drop count as the kernel keeps it.
 #[derive(Debug)]
@@ -29,10 +73,14 @@ pub struct KernelDrops {
 }
 
 impl KernelDrops {
-    /// Finds `socket` in the kernel's table of UDP sockets. `None` where there is no such
-    /// table to read (not Linux, or `/proc` not mounted).
-    pub fn of(socket: &UdpSocket) -> Option<Self> {
-        let table = if socket.local_addr().ok()?.is_ipv4() {
+    /// Finds `socket` in the kernel's table of UDP sockets (`/proc/net/udp6` for IPv6 and
+    /// dual-stack sockets, which count IPv4 datagrams there too).
+    pub fn of(socket: &UdpSocket) -> Result<Self, DropCountError> {
+        let table = if socket
+            .local_addr()
+            .map_err(DropCountError::Address)?
+            .is_ipv4()
+        {
             "/proc/net/udp"
         } else {
             "/proc/net/udp6"
@@ -40,27 +88,30 @@ impl KernelDrops {
         let mut drops = KernelDrops {
             table,
             inode: socket_inode(socket)?,
-            _socket: socket.try_clone().ok()?,
+            _socket: socket.try_clone().map_err(DropCountError::Address)?,
             seen: 0,
         };
-        drops.seen = drops.read().ok()?;
-        Some(drops)
+        drops.seen = drops.read()?;
+        Ok(drops)
     }
 
     /// The datagrams dropped since the last call (or since [`KernelDrops::of`]).
-    pub fn new_drops(&mut self) -> io::Result<u64> {
+    pub fn new_drops(&mut self) -> Result<u64, DropCountError> {
         let total = self.read()?;
         let new = dropped_between(self.seen, total);
         self.seen = total;
         Ok(new)
     }
 
-    fn read(&self) -> io::Result<u32> {
-        drops_in_table(&std::fs::read_to_string(self.table)?, self.inode).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("socket inode {} not in {}", self.inode, self.table),
-            )
+    fn read(&self) -> Result<u32, DropCountError> {
+        let table =
+            std::fs::read_to_string(self.table).map_err(|source| DropCountError::Table {
+                table: self.table,
+                source,
+            })?;
+        drops_in_table(&table, self.inode).ok_or(DropCountError::NotInTable {
+            table: self.table,
+            inode: self.inode,
         })
     }
 }
@@ -71,16 +122,22 @@ fn dropped_between(earlier: u32, later: u32) -> u64 {
 }
 
 /// The socket's inode number, which names it in the kernel's tables.
-#[cfg(unix)]
-fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+#[cfg(target_os = "linux")]
+fn socket_inode(socket: &UdpSocket) -> Result<u64, DropCountError> {
     use std::os::fd::AsRawFd;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
-    parse_socket_link(link.to_str()?)
+    let fd = socket.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|source| DropCountError::Descriptor { fd, source })?;
+    let link = link.to_string_lossy();
+    parse_socket_link(&link).ok_or_else(|| DropCountError::NotASocket {
+        fd,
+        link: link.into_owned(),
+    })
 }
 
-#[cfg(not(unix))]
-fn socket_inode(_socket: &UdpSocket) -> Option<u64> {
-    None
+#[cfg(not(target_os = "linux"))]
+fn socket_inode(_socket: &UdpSocket) -> Result<u64, DropCountError> {
+    Err(DropCountError::NotLinux)
 }
 
 /// The inode in a socket descriptor's link text, `socket:[12345]`.
@@ -96,33 +153,41 @@ fn drops_in_table(table: &str, inode: u64) -> Option<u32> {
     // sl local remote st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
     const INODE: usize = 9;
     table.lines().skip(1).find_map(|row| {
-        let fields: Vec<&str> = row.split_whitespace().collect();
-        (fields.get(INODE)?.parse::<u64>().ok()? == inode)
-            .then(|| fields.last()?.parse().ok())
-            .flatten()
+        let mut fields = row.split_whitespace();
+        if fields.nth(INODE)?.parse::<u64>().ok()? != inode {
+            return None;
+        }
+        fields.last()?.parse().ok()
     })
 }
 
 /// Counts `drops` into `admission` until `receive_ended` says the receive loop has ended,
-/// then reads once more. On a thread of its own: the table lists every UDP socket of the
-/// network namespace (a host's, for pods on the host network), and reading hundreds of rows
-/// takes about a millisecond, which the receive loop cannot spare at high rates.
-pub fn count(mut drops: KernelDrops, admission: &Admission, receive_ended: &mpsc::Receiver<()>) {
-    let mut warning = WarningBudget::default();
-    let mut received_at_last_read = admission.received_datagrams();
+/// then reads once more. `datagrams_read` is what the receive loop took from the socket (empty
+/// datagrams too): drops only happen while datagrams arrive, so an idle daemon reads nothing.
+///
+/// On a thread of its own: the table lists every UDP socket of the network namespace (a
+/// host's, for pods on the host network), and reading hundreds of rows takes about a
+/// millisecond, which the receive loop cannot spare at high rates.
+pub fn count(
+    mut drops: KernelDrops,
+    admission: &Admission,
+    datagrams_read: &AtomicU64,
+    receive_ended: &mpsc::Receiver<()>,
+) {
+    let mut warnings = WarningBudget::default();
+    let mut read_at_last_count = datagrams_read.load(Ordering::Relaxed);
     loop {
         let ended = !matches!(
             receive_ended.recv_timeout(POLL_INTERVAL),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
-        let received = admission.received_datagrams();
-        // Drops only happen while datagrams arrive: an idle daemon reads nothing.
-        if ended || received != received_at_last_read {
-            received_at_last_read = received;
+        let read = datagrams_read.load(Ordering::Relaxed);
+        if ended || read != read_at_last_count {
+            read_at_last_count = read;
             match drops.new_drops() {
                 Ok(new) => {
                     admission.kernel_dropped(new);
-                    if let Some(total) = warning.add(new, Instant::now()) {
+                    if let Some(total) = warnings.add(new, Instant::now()) {
                         warn_about(total);
                     }
                 }
@@ -130,6 +195,10 @@ pub fn count(mut drops: KernelDrops, admission: &Admission, receive_ended: &mpsc
             }
         }
         if ended {
+            // What the interval held back, so that the log has every drop.
+            if let Some(total) = warnings.take() {
+                warn_about(total);
+            }
             return;
         }
     }
@@ -137,10 +206,10 @@ pub fn count(mut drops: KernelDrops, admission: &Admission, receive_ended: &mpsc
 
 fn warn_about(drops: u64) {
     tracing::warn!(
-        "The kernel dropped {drops} more UDP datagrams: the socket's receive buffer was full \
-         (xray_udp_kernel_drops_total counts them all; this warning comes at most every {} \
-         seconds). Raise Socket.ReceiveBufferBytes (--receive-buffer-bytes), and the node's \
-         net.core.rmem_max, which caps it.",
+        "The kernel dropped {drops} more UDP datagrams at the socket, nearly always because \
+         its receive buffer was full (xray_udp_kernel_drops_total counts them all; this \
+         warning comes at most every {} seconds). Raise Socket.ReceiveBufferBytes \
+         (--receive-buffer-bytes), and the node's net.core.rmem_max, which caps it.",
         WARN_INTERVAL.as_secs()
     );
 }
@@ -159,11 +228,19 @@ impl WarningBudget {
         let quiet_long_enough = self
             .last_warned
             .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
-        if self.unreported == 0 || !quiet_long_enough {
+        if !quiet_long_enough {
             return None;
         }
-        self.last_warned = Some(now);
-        Some(std::mem::take(&mut self.unreported))
+        let warned = self.take();
+        if warned.is_some() {
+            self.last_warned = Some(now);
+        }
+        warned
+    }
+
+    /// The drops not warned about yet, if any.
+    fn take(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.unreported)).filter(|&drops| drops > 0)
     }
 }
 
@@ -214,93 +291,9 @@ mod tests {
         assert_eq!(budget.add(0, at(11)), Some(8));
         assert_eq!(budget.add(0, at(30)), None);
         assert_eq!(budget.add(2, at(31)), Some(2));
-    }
-
-    /// A real socket with the smallest receive buffer, sent more than it holds: every
-    /// datagram is either queued or in the kernel's count.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_full_receive_buffer_is_counted_datagram_for_datagram() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket2::SockRef::from(&receiver)
-            .set_recv_buffer_size(1)
-            .unwrap();
-        let mut drops = KernelDrops::of(&receiver).expect("Linux has /proc/net/udp");
-        assert_eq!(drops.new_drops().unwrap(), 0);
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        const SENT: u64 = 200;
-        for _ in 0..SENT {
-            sender
-                .send_to(&[b'x'; 1000], receiver.local_addr().unwrap())
-                .unwrap();
-        }
-        receiver.set_nonblocking(true).unwrap();
-        let mut queued = 0;
-        let mut buffer = [0u8; 2048];
-        while receiver.recv(&mut buffer).is_ok() {
-            queued += 1;
-        }
-        let dropped = drops.new_drops().unwrap();
-        assert!(
-            dropped > 0 && queued > 0,
-            "queued {queued}, dropped {dropped}"
-        );
-        assert_eq!(queued + dropped, SENT);
-        assert_eq!(drops.new_drops().unwrap(), 0, "counted once");
-
-        let v6 = UdpSocket::bind("[::1]:0");
-        if let Ok(v6) = v6 {
-            let mut drops = KernelDrops::of(&v6).expect("an IPv6 socket is in /proc/net/udp6");
-            assert_eq!(drops.new_drops().unwrap(), 0);
-        }
-    }
-
-    /// The counting thread reads after datagrams arrived, and once more when receiving ends.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn drops_are_counted_while_datagrams_arrive_and_when_receiving_ends() {
-        let (admission, metrics) = crate::ingest::tests::admission(1 << 20);
-        let counted = || metrics.total("xray_udp_kernel_drops_total");
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket2::SockRef::from(&receiver)
-            .set_recv_buffer_size(1)
-            .unwrap();
-        let drops = KernelDrops::of(&receiver).unwrap();
-        let (receiving, receive_ended) = mpsc::channel::<()>();
-        let counter = {
-            let admission = admission.clone();
-            std::thread::spawn(move || count(drops, &admission, &receive_ended))
-        };
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let send = |n: usize| {
-            for _ in 0..n {
-                sender
-                    .send_to(&[b'x'; 1000], receiver.local_addr().unwrap())
-                    .unwrap();
-            }
-        };
-        send(100);
-        std::thread::sleep(POLL_INTERVAL + Duration::from_millis(300));
-        assert_eq!(counted(), 0, "nothing received: nothing read");
-        admission
-            .admit_datagram(b"{\"format\":\"json\",\"version\":1}\n{}")
-            .unwrap();
-        let deadline = Instant::now() + 3 * POLL_INTERVAL;
-        while counted() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let first = counted();
-        assert!(first > 0, "read within a poll interval of a datagram");
-        send(100);
-        drop(receiving);
-        counter.join().unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let mut queued = 0;
-        while receiver.recv(&mut [0u8; 2048]).is_ok() {
-            queued += 1;
-        }
-        assert!(counted() > first, "read once more at the end");
-        assert_eq!(counted() + queued, 200);
+        assert_eq!(budget.add(4, at(32)), None);
+        assert_eq!(budget.take(), Some(4), "held back, handed over at the end");
+        assert_eq!(budget.take(), None);
     }
 
     #[test]
@@ -314,7 +307,107 @@ mod tests {
             _socket: UdpSocket::bind("127.0.0.1:0").unwrap(),
             seen: 9,
         };
-        assert!(drops.new_drops().is_err());
+        assert!(matches!(
+            drops.new_drops(),
+            Err(DropCountError::Table { .. })
+        ));
         assert_eq!(drops.seen, 9, "a failed read changes nothing");
+    }
+
+    /// A socket with the kernel's smallest receive buffer, sent `count` datagrams of 1,000
+    /// bytes from 127.0.0.1: far more than it holds.
+    #[cfg(target_os = "linux")]
+    fn overflow(receiver: &UdpSocket, count: usize) {
+        socket2::SockRef::from(receiver)
+            .set_recv_buffer_size(1)
+            .unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        for _ in 0..count {
+            sender.send_to(&[b'x'; 1000], ("127.0.0.1", port)).unwrap();
+        }
+    }
+
+    /// Reads what `receiver` holds and the drops at it until they add up to `sent` (delivery
+    /// on loopback may finish after `send_to` returned), or two seconds passed.
+    #[cfg(target_os = "linux")]
+    fn queued_and_dropped(receiver: &UdpSocket, drops: &mut KernelDrops, sent: u64) -> (u64, u64) {
+        receiver.set_nonblocking(true).unwrap();
+        let (mut queued, mut dropped) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while queued + dropped < sent && Instant::now() < deadline {
+            while receiver.recv(&mut [0u8; 2048]).is_ok() {
+                queued += 1;
+            }
+            dropped += drops.new_drops().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (queued, dropped)
+    }
+
+    /// Every datagram sent is either queued or in the kernel's count, for an IPv4 socket and
+    /// for an IPv6 one receiving IPv4 datagrams (listed in the other table).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_receive_buffer_is_counted_datagram_for_datagram() {
+        let sockets = [
+            Some(UdpSocket::bind("127.0.0.1:0").unwrap()),
+            UdpSocket::bind("[::ffff:127.0.0.1]:0").ok(),
+        ];
+        for receiver in sockets.iter().flatten() {
+            let mut drops = KernelDrops::of(receiver).unwrap();
+            assert_eq!(drops.new_drops().unwrap(), 0);
+            overflow(receiver, 200);
+            let (queued, dropped) = queued_and_dropped(receiver, &mut drops, 200);
+            assert!(
+                dropped > 0 && queued > 0,
+                "queued {queued}, dropped {dropped}"
+            );
+            assert_eq!(queued + dropped, 200, "{:?}", receiver.local_addr());
+            assert_eq!(drops.new_drops().unwrap(), 0, "counted once");
+        }
+    }
+
+    /// The counting thread reads after datagrams were read from the socket, and once more
+    /// when receiving ends.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn drops_are_counted_while_datagrams_arrive_and_when_receiving_ends() {
+        let (admission, metrics) = crate::ingest::tests::admission(1 << 20);
+        let counted = || metrics.total("xray_udp_kernel_drops_total");
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let drops = KernelDrops::of(&receiver).unwrap();
+        let datagrams_read = std::sync::Arc::new(AtomicU64::new(0));
+        let (receiving, receive_ended) = mpsc::channel::<()>();
+        let counter = {
+            let (admission, datagrams_read) = (admission.clone(), datagrams_read.clone());
+            std::thread::spawn(move || count(drops, &admission, &datagrams_read, &receive_ended))
+        };
+        overflow(&receiver, 100);
+        std::thread::sleep(POLL_INTERVAL + Duration::from_millis(300));
+        assert_eq!(
+            counted(),
+            0,
+            "nothing read from the socket: the count is not read"
+        );
+        datagrams_read.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + 3 * POLL_INTERVAL;
+        while counted() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first = counted();
+        assert!(first > 0, "read within a poll interval of a datagram");
+        overflow(&receiver, 100);
+        // Loopback delivery may finish after `send_to` returned.
+        std::thread::sleep(Duration::from_millis(200));
+        drop(receiving);
+        counter.join().unwrap();
+        assert!(counted() > first, "read once more at the end");
+        receiver.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while receiver.recv(&mut [0u8; 2048]).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(counted() + queued, 200);
     }
 }
