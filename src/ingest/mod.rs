@@ -137,11 +137,6 @@ impl Admission {
         })
     }
 
-    /// Datagrams or records received so far (valid or not).
-    pub fn received_datagrams(&self) -> u64 {
-        self.counters.received.get()
-    }
-
     /// Counts datagrams the kernel dropped at the socket before the daemon could receive them.
     pub fn kernel_dropped(&self, datagrams: u64) {
         self.counters.kernel_drops.inc_by(datagrams);
@@ -219,11 +214,11 @@ impl WarnLimiter {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::metrics::{Metrics, Transport};
 
-    pub(crate) fn admission(limit: usize) -> (Admission, Metrics) {
+    pub(super) fn admission(limit: usize) -> (Admission, Metrics) {
         let budget = MemoryBudget::new(limit);
         let metrics = Metrics::new(prometheus::Registry::new(), Arc::clone(&budget)).unwrap();
         (
