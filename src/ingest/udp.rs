@@ -112,9 +112,9 @@ impl UdpListener {
     }
 
     /// Starts receiving from `socket` on a new thread, and counting the datagrams the kernel
-    /// drops at it on another ([`kernel_drops::count`]); receiving stops within
-    /// [`STOP_CHECK_INTERVAL`] of `stop` firing, after draining what the kernel already
-    /// queued, or of the listener being dropped.
+    /// drops at it on another ([`kernel_drops::count`]); receiving stops within the stop-check
+    /// interval (200 ms) of `stop` firing, after draining what the kernel already queued, or
+    /// of the listener being dropped.
     pub fn start(
         socket: UdpSocket,
         admission: &Admission,
