@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::Admission;
 
 /// How often the count is read, at most, and only after datagrams arrived.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The shortest time between two warnings; drops in between are summed into the next one.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,6 +42,9 @@ pub enum DropCountError {
     /// The socket's address, which says which table lists it.
     #[error("the socket's address: {0}")]
     Address(io::Error),
+    /// The duplicate descriptor that keeps the socket listed until the last read.
+    #[error("duplicating the socket: {0}")]
+    Duplicate(io::Error),
     /// The table could not be read.
     #[error("reading {table}: {source}")]
     Table {
@@ -88,7 +91,7 @@ impl KernelDrops {
         let mut drops = KernelDrops {
             table,
             inode: socket_inode(socket)?,
-            _socket: socket.try_clone().map_err(DropCountError::Address)?,
+            _socket: socket.try_clone().map_err(DropCountError::Duplicate)?,
             seen: 0,
         };
         drops.seen = drops.read()?;
@@ -96,7 +99,7 @@ impl KernelDrops {
     }
 
     /// The datagrams dropped since the last call (or since [`KernelDrops::of`]).
-    pub fn new_drops(&mut self) -> Result<u64, DropCountError> {
+    fn new_drops(&mut self) -> Result<u64, DropCountError> {
         let total = self.read()?;
         let new = dropped_between(self.seen, total);
         self.seen = total;
